@@ -1,0 +1,48 @@
+"""The `attnhash` command line: one sub-command module per command group under attnhash.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from attnhash.errors import AttnHashError
+
+# Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func` on them.
+COMMAND_MODULES = [
+    "attnhash.commands.train",
+    "attnhash.commands.encode",
+    "attnhash.commands.evaluate",
+    "attnhash.commands.search",
+    "attnhash.commands.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnhash",
+        description="Deep hashing with attention for image retrieval: train, encode, index, search, evaluate, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"attnhash {__import__('attnhash').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AttnHashError as err:
+        print(f"attnhash {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

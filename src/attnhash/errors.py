@@ -1,0 +1,21 @@
+"""User-facing errors: each one is printed as a single line naming the input and what is wrong."""
+
+
+class AttnHashError(Exception):
+    """Base class: bad input, corrupted files, incompatible checkpoints. The CLI prints it without a traceback."""
+
+
+class DataError(AttnHashError, ValueError):
+    """A dataset, list file, image or split file is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(AttnHashError, ValueError):
+    """A run folder or checkpoint is missing, corrupted, or does not match what is asked of it."""
+
+
+class IndexFileError(AttnHashError, ValueError):
+    """An index file is corrupted, truncated, or was built by another model."""
+
+
+class ConfigError(AttnHashError, ValueError):
+    """A configuration value is unknown or out of range."""
