@@ -1,0 +1,169 @@
+"""ResNet18/34/50 in plain torch with torchvision's state-dict key names and shapes.
+
+A file such as torchvision's `resnet18-f37072fd.pth` loads into these models unchanged. The
+optional `block_attention` puts a module on the residual branch of every block, after its last
+BatchNorm and before the addition (SimAM's placement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from attnhash.models.backbones.base import Backbone, StageView, kaiming_init_
+
+BlockAttention = Callable[[int], nn.Module]
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut (ResNet18/34)."""
+
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+        attention: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.attention = attention  # registered only when given; parameter-free ones add no keys
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.attention is not None:
+            out = self.attention(out)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, torchvision's v1.5), 1x1 expand by 4 (ResNet50)."""
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+        attention: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.attention = attention
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.attention is not None:
+            out = self.attention(out)
+        return self.relu(out + identity)
+
+
+class ResNet(Backbone):
+    """ResNet backbone; stages: stem (conv1, bn1, relu, maxpool), layer1..layer4."""
+
+    stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
+    head_prefixes = ("fc.",)
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        name: str,
+        num_classes: int | None = None,
+        block_attention: BlockAttention | None = None,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.weights_file_hint = _TORCHVISION_FILES.get(name, f"{name}.pth")
+        self._block_attention = block_attention
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        width = 512 * block.expansion
+        self.stage_channels = (64, 64 * block.expansion, 128 * block.expansion, 256 * block.expansion, width)
+        self.out_channels = width
+        self.feature_dim = width
+        self.fc = nn.Linear(width, num_classes) if num_classes else None
+        kaiming_init_(self)
+        if zero_init_residual:
+            # Each block starts as the identity: helps from-scratch training (Goyal et al. 2017).
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _make_layer(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
+        mods = []
+        for i in range(blocks):
+            att = self._block_attention(planes * block.expansion) if self._block_attention else None
+            mods.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None, att))
+            self.inplanes = planes * block.expansion
+        return nn.Sequential(*mods)
+
+    def _build_stages(self) -> list[nn.Module]:
+        stem = StageView(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def head(self) -> nn.Module | None:
+        return self.fc
+
+
+# The file names torchvision uses for its ImageNet weights (IMAGENET1K_V1), for error messages.
+_TORCHVISION_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+}
+
+
+def resnet18(**kwargs) -> ResNet:
+    """ResNet18: BasicBlock x (2, 2, 2, 2), 512-d features."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), "resnet18", **kwargs)
+
+
+def resnet34(**kwargs) -> ResNet:
+    """ResNet34: BasicBlock x (3, 4, 6, 3), 512-d features."""
+    return ResNet(BasicBlock, (3, 4, 6, 3), "resnet34", **kwargs)
+
+
+def resnet50(**kwargs) -> ResNet:
+    """ResNet50 (v1.5): Bottleneck x (3, 4, 6, 3), 2048-d features."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), "resnet50", **kwargs)

@@ -1,0 +1,92 @@
+"""Loading backbone weights from state-dict files, with one-line errors naming the file and the problem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from attnhash.errors import CheckpointError
+from attnhash.models.backbones.base import Backbone
+
+_WRAPPER_KEYS = ("state_dict", "model")
+_SHOW = 3  # how many offending keys an error message lists
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict saved with torch.save (plain, or wrapped under "state_dict"/"model")."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file {p} does not exist" if not p.exists() else f"weights file {p} is not a file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a usable weights file"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"weights file {p} cannot be read as a torch state dict: {first}") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"weights file {p} does not hold a state dict (found {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"weights file {p} is not a state dict: entries {_fmt(map(str, bad))} are not tensors")
+    # Files saved from nn.DataParallel / DistributedDataParallel prefix every key with "module.".
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _fmt(keys, n: int = _SHOW) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _optional(model: Backbone, key: str) -> bool:
+    """Keys the file may lack: the classification layer, modules added on top (attention), BN counters."""
+    return (
+        key.startswith(model.head_prefixes)
+        or ".attention." in key
+        or key.startswith("attention.")
+        or key.endswith("num_batches_tracked")
+    )
+
+
+def load_weights(model: Backbone, path: str | os.PathLike, source: str | None = None) -> None:
+    """Load a state-dict file into `model`, strictly apart from the classification layer.
+
+    Keys of the classification layer are ignored unless the model has one of the same shape; every
+    other key must match by name and shape, else CheckpointError lists a few offenders.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head = model.head_prefixes
+    # The classification layer is replaced by hashing: drop the file's unless it fits the model's own.
+    for k in [k for k in state if k.startswith(head)]:
+        if k not in own or own[k].shape != state[k].shape:
+            del state[k]
+    missing = [k for k in own if k not in state and not _optional(model, k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} in file vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_fmt(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_fmt(unexpected)})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches ({_fmt(mismatched)})")
+        raise CheckpointError(f"weights file {path} does not fit {model.name}: " + "; ".join(problems))
+    non_float = [k for k, v in state.items() if own[k].is_floating_point() and not v.is_floating_point()]
+    if non_float:
+        raise CheckpointError(f"weights file {path} does not fit {model.name}: non-float values for {_fmt(non_float)}")
+    model.load_state_dict(state, strict=False)
+    model.weights_source = source or str(path)
