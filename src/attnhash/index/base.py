@@ -1,0 +1,519 @@
+"""The `Index` interface shared by every backend, and the in-process storage (ids, metadata) of the local ones.
+
+Conventions (all backends, checked against the numpy reference by the tests):
+- codes are packed uint8 (n, bits/8), see `attnhash.codes`;
+- `search(q, k)` returns (distances int32 (nq, k), ids int64 (nq, k)) sorted by distance, ties broken by
+  insertion order; when fewer than k items exist the rows are padded with distance -1 and id -1;
+- `range_search(q, r)` returns, per query, (ids int64, distances int32) of every item at distance <= r,
+  in the same (distance, insertion order) order;
+- ids are unique int64 >= 0, chosen by the caller or assigned as consecutive integers after the largest ever
+  used; removal keeps the order of the remaining items.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from attnhash.codes import as_packed, check_bits
+from attnhash.errors import IndexFileError
+
+__all__ = ["Index", "LocalIndex", "RangeResult", "PAD"]
+
+PAD = -1  # id and distance used to pad top-k rows when the index holds fewer than k items
+RangeResult = list[tuple[np.ndarray, np.ndarray]]
+
+
+def _short(fp: str | None) -> str:
+    return "(none)" if not fp else (fp[:12] + "…" if len(fp) > 12 else fp)
+
+
+class Index(ABC):
+    """A Hamming-distance index over packed binary codes with int64 ids and per-item metadata."""
+
+    backend: ClassVar[str] = "?"
+
+    def __init__(self, bits: int, fingerprint: str | None = None, info: dict[str, Any] | None = None) -> None:
+        self._bits = check_bits(bits)
+        self._code_size = self._bits // 8
+        self._fingerprint = fingerprint or None
+        self.info: dict[str, Any] = dict(info or {})  # index-level facts: class_names, run_dir, source, ...
+        self.path: str | None = None  # the file it was loaded from or last saved to
+
+    # ---- properties -----------------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def code_size(self) -> int:
+        return self._code_size
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the model that produced the codes (sha256 hex), or None when unknown."""
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str | None) -> None:
+        self._fingerprint = value or None
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    # ---- mutation -------------------------------------------------------------------------------------
+    @abstractmethod
+    def add(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,
+            metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
+        """Append codes (packed uint8 or {-1,+1}); returns the int64 ids given to them."""
+
+    @abstractmethod
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
+        """Remove the items with these ids (unknown ids are ignored); returns how many were removed."""
+
+    # ---- queries --------------------------------------------------------------------------------------
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by Hamming distance: (distances int32 (nq, k), ids int64 (nq, k))."""
+
+    @abstractmethod
+    def range_search(self, queries: np.ndarray, radius: int) -> RangeResult:
+        """Every item within Hamming distance <= radius: a list of (ids, distances) per query."""
+
+    @abstractmethod
+    def metadata(self, ids: Iterable[int] | np.ndarray) -> list[dict[str, Any]]:
+        """Per-item metadata dicts (path, labels, ...) for these ids; KeyError names an unknown id."""
+
+    @abstractmethod
+    def reconstruct(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Packed codes (n, bits/8) of these ids; KeyError names an unknown id."""
+
+    @abstractmethod
+    def contains(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Boolean mask: which of these ids are in the index."""
+
+    @abstractmethod
+    def all_ids(self) -> np.ndarray:
+        """All ids in insertion order."""
+
+    def __contains__(self, item_id: object) -> bool:
+        try:
+            return bool(self.contains(np.asarray([item_id], dtype=np.int64))[0])
+        except (TypeError, ValueError):
+            return False
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write the index to one file atomically (temporary file in the same folder, fsync, rename)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, mmap: bool = True, verify: bool = True, **kwargs: Any) -> Index:
+        """Read an index file written by any backend's `save`."""
+
+    # ---- helpers shared by all backends ---------------------------------------------------------------
+    def check_fingerprint(self, query_fingerprint: str | None, what: str = "the query model") -> None:
+        """Refuse queries from a model other than the one that built the index (IndexFileError)."""
+        if self._fingerprint and query_fingerprint and self._fingerprint != query_fingerprint:
+            name = self.path or f"<{self.backend} index>"
+            raise IndexFileError(
+                f"index {name} was built by model with fingerprint {_short(self._fingerprint)}, "
+                f"{what} is {_short(query_fingerprint)}; rebuild the index with this model or query with the "
+                "model that built it"
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-able summary (for `index info` and the service's /api/stats)."""
+        return {
+            "backend": self.backend,
+            "count": len(self),
+            "bits": self.bits,
+            "fingerprint": self.fingerprint,
+            "path": self.path,
+            "info": self.info,
+        }
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        """Queries as C-contiguous packed uint8 (nq, code_size); a single 1-D code is one query."""
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        if q.dtype == np.uint8 and q.ndim == 2 and q.shape[1] == self._code_size:
+            return q if q.flags.c_contiguous else np.ascontiguousarray(q)
+        try:
+            return as_packed(q, self._bits)
+        except ValueError as err:
+            raise ValueError(f"queries do not fit a {self._bits}-bit index: {err}") from None
+
+    def _codes_in(self, codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes)
+        if c.ndim == 1 and c.dtype == np.uint8 and c.size == self._code_size:
+            c = c.reshape(1, -1)
+        if c.dtype == np.uint8 and c.ndim == 2 and c.shape[1] == self._code_size:
+            return np.ascontiguousarray(c)
+        try:
+            return as_packed(c, self._bits)
+        except ValueError as err:
+            raise ValueError(f"codes do not fit a {self._bits}-bit index: {err}") from None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} bits={self.bits} n={len(self)} fingerprint={_short(self.fingerprint)}>"
+
+
+def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False).ravel()
+
+
+class Column:
+    """A growable array (1-D or 2-D) that starts as any array, possibly a read-only memory map.
+
+    Appends copy into a private buffer grown by 1.5x (amortised O(1)); compaction keeps a boolean mask.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._buf = data
+        self._n = len(data)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def extend(self, values: np.ndarray) -> None:
+        m = len(values)
+        if m == 0:
+            return
+        need = self._n + m
+        if need > len(self._buf) or not self._buf.flags.writeable:
+            cap = need if self._n == 0 else max(need, self._n + self._n // 2)
+            buf = np.empty((cap,) + self._buf.shape[1:], dtype=self._buf.dtype)
+            buf[: self._n] = self._buf[: self._n]
+            self._buf = buf
+        self._buf[self._n : need] = values
+        self._n = need
+
+    def compact(self, keep: np.ndarray) -> None:
+        self._buf = np.ascontiguousarray(self.view[keep])
+        self._n = len(self._buf)
+
+
+class MetadataStore:
+    """Per-item metadata as compact JSON blobs: an offsets array (n+1) over a byte buffer.
+
+    The buffer is a base segment (possibly memory-mapped from the index file) followed by appended bytes, so
+    loading is O(1) and reading one item decodes only that item. Items without metadata cost nothing until
+    the first item with metadata arrives (then an offsets array is made).
+    """
+
+    def __init__(self, n: int = 0, offsets: np.ndarray | None = None, blob: np.ndarray | None = None) -> None:
+        self._n = n
+        self._offsets = Column(offsets) if offsets is not None else None
+        self._base = blob if blob is not None else np.zeros(0, dtype=np.uint8)
+        self._extra = bytearray()
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def empty(self) -> bool:
+        return self._offsets is None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._base) + len(self._extra)
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        b0 = len(self._base)
+        if end <= b0:
+            return self._base[start:end].tobytes()
+        if start >= b0:
+            return bytes(self._extra[start - b0 : end - b0])
+        return self._base[start:].tobytes() + bytes(self._extra[: end - b0])
+
+    def append(self, metas: Sequence[dict[str, Any] | None] | None, m: int) -> None:
+        if metas is not None and len(metas) != m:
+            raise ValueError(f"got {len(metas)} metadata entries for {m} codes")
+        blobs = [b"" if not md else json.dumps(md, separators=(",", ":"), ensure_ascii=False).encode()
+                 for md in (metas or ())]
+        if self._offsets is None:
+            if not any(blobs):
+                self._n += m
+                return
+            self._offsets = Column(np.zeros(self._n + 1, dtype=np.uint64))
+        if not blobs:
+            blobs = [b""] * m
+        lengths = np.fromiter((len(b) for b in blobs), dtype=np.uint64, count=m)
+        end = int(self._offsets.view[-1])
+        self._offsets.extend(end + np.cumsum(lengths, dtype=np.uint64))
+        self._extra += b"".join(blobs)
+        self._n += m
+
+    def get(self, positions: Iterable[int]) -> list[dict[str, Any]]:
+        if self._offsets is None:
+            return [{} for _ in positions]
+        off = self._offsets.view
+        out = []
+        for p in positions:
+            raw = self._bytes(int(off[p]), int(off[p + 1]))
+            out.append(json.loads(raw) if raw else {})
+        return out
+
+    def compact(self, keep: np.ndarray) -> None:
+        """Keep only the items where `keep` is True, in order."""
+        kept = np.flatnonzero(keep)
+        self._n = len(kept)
+        if self._offsets is None:
+            return
+        off = self._offsets.view
+        lengths = (off[1:] - off[:-1])[kept]
+        new_blob = bytearray()
+        if len(kept):
+            # copy runs of consecutive kept items in one slice each: O(removed) Python steps
+            breaks = np.flatnonzero(np.diff(kept) != 1)
+            starts = np.concatenate([[0], breaks + 1])
+            ends = np.concatenate([breaks, [len(kept) - 1]])
+            for a, b in zip(kept[starts], kept[ends]):
+                new_blob += self._bytes(int(off[a]), int(off[b + 1]))
+        new_off = np.zeros(len(kept) + 1, dtype=np.uint64)
+        np.cumsum(lengths, out=new_off[1:])
+        self._offsets = Column(new_off)
+        self._base = np.frombuffer(bytes(new_blob), dtype=np.uint8)
+        self._extra = bytearray()
+
+    def offsets_array(self) -> np.ndarray | None:
+        return None if self._offsets is None else self._offsets.view
+
+    def blob_segments(self) -> list[memoryview]:
+        """The byte buffer as segments to write one after another."""
+        segs = [memoryview(np.ascontiguousarray(self._base)).cast("B")]
+        if self._extra:
+            segs.append(memoryview(self._extra))
+        return segs
+
+
+class IdMap:
+    """id -> position lookup on sorted arrays (1e7 ids cost 160 MB here, built only when first needed)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable").astype(np.int64)
+        self.sorted = ids[self.order]
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of `ids`, -1 where absent."""
+        if len(self.sorted) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        j = np.searchsorted(self.sorted, ids)
+        j = np.minimum(j, len(self.sorted) - 1)
+        found = self.sorted[j] == ids
+        return np.where(found, self.order[j], -1)
+
+    def appended(self, new_ids: np.ndarray, first_position: int) -> bool:
+        """Extend in place when every new id is larger than all present (the usual case); else False."""
+        if len(new_ids) and len(self.sorted) and new_ids.min() <= self.sorted[-1]:
+            return False
+        o = np.argsort(new_ids, kind="stable")
+        self.sorted = np.concatenate([self.sorted, new_ids[o]])
+        self.order = np.concatenate([self.order, first_position + o.astype(np.int64)])
+        return True
+
+    def compacted(self, keep: np.ndarray) -> None:
+        """Drop removed positions and renumber the rest (O(n), no sort)."""
+        new_pos = np.cumsum(keep, dtype=np.int64) - 1
+        k = keep[self.order]
+        self.order = new_pos[self.order[k]]
+        self.sorted = self.sorted[k]
+
+
+class LocalIndex(Index):
+    """Shared storage of the in-process backends: ids and metadata columns in insertion order.
+
+    Backends keep the codes (`_store_codes`, `_compact_codes`, `_codes_view`) and answer queries by position
+    (`_search_positions`, `_range_positions`); this class maps positions to ids.
+    """
+
+    def __init__(self, bits: int, fingerprint: str | None = None, info: dict[str, Any] | None = None) -> None:
+        super().__init__(bits, fingerprint, info)
+        self._ids = Column(np.zeros(0, dtype=np.int64))
+        self._meta = MetadataStore()
+        self._idmap: IdMap | None = None
+        self._next_id = 0
+
+    # ---- backend hooks ----------------------------------------------------------------------------------
+    @abstractmethod
+    def _store_codes(self, codes: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _compact_codes(self, keep: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _codes_view(self) -> np.ndarray:
+        """All codes (n, code_size) in insertion order, without copying where possible."""
+
+    @abstractmethod
+    def _search_positions(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def _range_positions(self, q: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    # ---- Index ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def all_ids(self) -> np.ndarray:
+        return self._ids.view
+
+    def _map(self) -> IdMap:
+        if self._idmap is None:
+            self._idmap = IdMap(self._ids.view)
+        return self._idmap
+
+    def _positions(self, ids: Iterable[int] | np.ndarray, strict: bool = True) -> np.ndarray:
+        arr = _as_ids(ids)
+        pos = self._map().lookup(arr)
+        if strict and (pos < 0).any():
+            missing = arr[pos < 0][:5].tolist()
+            raise KeyError(f"unknown id(s) {missing} in index {self.path or ''}".rstrip())
+        return pos
+
+    def add(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,
+            metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
+        c = self._codes_in(codes)
+        m = len(c)
+        if metadata is not None and len(metadata) != m:
+            raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
+        else:
+            new_ids = _as_ids(ids)
+            if len(new_ids) != m:
+                raise ValueError(f"got {len(new_ids)} ids for {m} codes")
+            if m and new_ids.min() < 0:
+                raise ValueError("ids must be >= 0 (-1 pads search results)")
+            if len(np.unique(new_ids)) != m:
+                raise ValueError("ids given to add() repeat")
+            # ids at or above next_id cannot be present; only check the others
+            low = new_ids[new_ids < self._next_id]
+            if len(low):
+                present = self._map().lookup(low) >= 0
+                if present.any():
+                    raise ValueError(f"ids already in the index: {low[present][:5].tolist()}")
+        if m == 0:
+            return new_ids
+        first = len(self._ids)
+        self._store_codes(c)
+        self._ids.extend(new_ids)
+        self._meta.append(metadata, m)
+        if self._idmap is not None and not self._idmap.appended(new_ids, first):
+            self._idmap = None
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        return new_ids
+
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
+        pos = self._positions(ids, strict=False)
+        pos = np.unique(pos[pos >= 0])
+        if len(pos) == 0:
+            return 0
+        keep = np.ones(len(self), dtype=bool)
+        keep[pos] = False
+        self._compact_codes(keep)
+        self._ids.compact(keep)
+        self._meta.compact(keep)
+        if self._idmap is not None:
+            self._idmap.compacted(keep)
+        return len(pos)
+
+    def contains(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        return self._positions(ids, strict=False) >= 0
+
+    def metadata(self, ids: Iterable[int] | np.ndarray) -> list[dict[str, Any]]:
+        return self._meta.get(self._positions(ids))
+
+    def reconstruct(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self._codes_view()[self._positions(ids)])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        q = self._queries(queries)
+        dist, pos = self._search_positions(q, k)
+        ids = self._ids.view
+        if k <= len(ids):
+            return dist, ids[pos]
+        # fewer items than k: the backend padded with position -1
+        pad = pos < 0
+        out = ids[np.where(pad, 0, pos)] if len(ids) else np.zeros(pos.shape, dtype=np.int64)
+        out[pad] = PAD
+        dist[pad] = PAD
+        return dist, out
+
+    def range_search(self, queries: np.ndarray, radius: int) -> RangeResult:
+        radius = int(radius)
+        if radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        q = self._queries(queries)
+        ids = self._ids.view
+        return [(ids[p], d) for p, d in self._range_positions(q, radius)]
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        from attnhash.index.fileformat import write_index_file
+
+        write_index_file(
+            path,
+            bits=self.bits,
+            fingerprint=self.fingerprint,
+            next_id=self._next_id,
+            info=self.info,
+            codes=self._codes_view(),
+            ids=self._ids.view,
+            meta_offsets=self._meta.offsets_array(),
+            meta_segments=self._meta.blob_segments(),
+        )
+        self.path = str(path)
+
+    @classmethod
+    def load(cls, path: str, mmap: bool = True, verify: bool = True, **kwargs: Any) -> LocalIndex:
+        from attnhash.index.fileformat import read_index_file
+
+        data = read_index_file(path, mmap=mmap, verify=verify)
+        index = cls(data.bits, data.fingerprint, data.info, **kwargs)
+        index._load_codes(data.codes)
+        index._ids = Column(data.ids)
+        index._meta = MetadataStore(len(data.ids), data.meta_offsets, data.meta_blob)
+        index._next_id = data.next_id
+        index.path = str(path)
+        return index
+
+    def _load_codes(self, codes: np.ndarray) -> None:
+        self._store_codes(codes)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by ids, metadata and the backend's structures (estimate for memory-mapped parts)."""
+        n = self._ids._buf.nbytes + self._meta.nbytes
+        off = self._meta.offsets_array()
+        return n + (off.nbytes if off is not None else 0)
+
+
+def sort_range_hits(qidx: np.ndarray, dist: np.ndarray, pos: np.ndarray, nq: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Flat (query, distance, position) hits -> per-query (positions, distances) sorted by (distance, position)."""
+    order = np.lexsort((pos, dist, qidx))
+    pos, dist, qidx = pos[order], dist[order].astype(np.int32), qidx[order]
+    bounds = np.searchsorted(qidx, np.arange(nq + 1))
+    return [(pos[bounds[i] : bounds[i + 1]], dist[bounds[i] : bounds[i + 1]]) for i in range(nq)]
