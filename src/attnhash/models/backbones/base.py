@@ -27,7 +27,6 @@ class Backbone(nn.Module):
     std: tuple[float, float, float] = IMAGENET_STD
     min_input_size: int = 1  # smallest input side (pixels) the stages accept
     head_prefixes: tuple[str, ...] = ()  # state-dict prefixes of the classification layer
-    weights_file_hint: str = ""  # the file a user would pass for ImageNet weights
 
     def __init__(self) -> None:
         super().__init__()

@@ -151,7 +151,6 @@ class EfficientNetLite(Backbone):
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {', '.join(VARIANTS)}")
         width, depth, self.resolution, default_dropout = VARIANTS[variant]
         self.name = f"efficientnet_{variant}"
-        self.weights_file_hint = f"efficientnet-{variant}.pth"
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)  # stem width fixed in Lite
         self._bn0 = _bn(32)
         self.act = nn.ReLU6(inplace=True)

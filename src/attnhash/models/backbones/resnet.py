@@ -98,7 +98,6 @@ class ResNet(Backbone):
     ) -> None:
         super().__init__()
         self.name = name
-        self.weights_file_hint = _TORCHVISION_FILES.get(name, f"{name}.pth")
         self._block_attention = block_attention
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -144,14 +143,6 @@ class ResNet(Backbone):
 
     def head(self) -> nn.Module | None:
         return self.fc
-
-
-# The file names torchvision uses for its ImageNet weights (IMAGENET1K_V1), for error messages.
-_TORCHVISION_FILES = {
-    "resnet18": "resnet18-f37072fd.pth",
-    "resnet34": "resnet34-b627a593.pth",
-    "resnet50": "resnet50-0676ba61.pth",
-}
 
 
 def resnet18(**kwargs) -> ResNet:
