@@ -21,7 +21,7 @@ from .formats import (
     read_list_file,
     read_npz,
 )
-from .loader import ImageDataset, augment_batch, resize_image
+from .loader import ImageDataset, augment_batch, resize_batch, resize_batch_chw, resize_image
 from .protocols import PROTOCOLS, Protocol, Split, load_or_create_split, load_split, make_split, save_split
 from .sources import ArraySource, FileSource, ImageSource, decode_image, open_item_ref
 
@@ -31,5 +31,5 @@ __all__ = [
     "read_list_file", "read_image_folder", "read_cifar", "read_idx", "read_idx_folder", "load_fashion_mnist",
     "from_arrays", "read_npz", "read_hashnet_lists", "open_dataset",
     "Split", "Protocol", "PROTOCOLS", "make_split", "load_or_create_split", "load_split", "save_split",
-    "ImageDataset", "augment_batch", "resize_image",
+    "ImageDataset", "augment_batch", "resize_image", "resize_batch", "resize_batch_chw",
 ]
