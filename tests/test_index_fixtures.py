@@ -1,0 +1,94 @@
+"""Shared helpers for the index and service tests (no tests here): a fake encoder and real-image codes.
+
+FakeEncoder has the interface of attnhash.encoder.Encoder (bits, fingerprint, image_size, run_dir,
+class_names, encode_images, encode_paths, encode_source) and maps an image to a code by a seeded random
+projection of its 32x32 grey pixels, so similar images get close codes without torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from attnhash.codes import pack_codes
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class FakeEncoder:
+    def __init__(self, bits: int = 64, seed: int = 0, run_dir: str = "fake-run",
+                 class_names: Sequence[str] | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        self.bits = bits
+        self.image_size = 32
+        self.run_dir = run_dir
+        self.class_names = list(class_names) if class_names else None
+        self._proj = rng.standard_normal((32 * 32, bits)).astype(np.float32)
+        self.fingerprint = hashlib.sha256(self._proj.tobytes()).hexdigest()
+
+    def _grey(self, img) -> np.ndarray:
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+        g = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
+        return (g - g.mean()).ravel()
+
+    def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.bits // 8), dtype=np.uint8)
+        x = np.stack([self._grey(im) for im in images])
+        return pack_codes(np.where(x @ self._proj >= 0, 1, -1))
+
+    def encode_paths(self, paths: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        ims = []
+        for p in paths:
+            with Image.open(p) as im:
+                ims.append(im.convert("RGB"))
+        return self.encode_images(ims)
+
+    def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        idx = range(len(source)) if indices is None else indices
+        return self.encode_images([source.image(int(i)) for i in idx])
+
+
+def fmnist_images(n: int = 2000) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first n real Fashion-MNIST test images (n, 28, 28) uint8 and labels, or None if not installed."""
+    ip = os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")
+    lp = os.path.join(FMNIST_DIR, "t10k-labels-idx1-ubyte.gz")
+    if not (os.path.exists(ip) and os.path.exists(lp)):
+        return None
+    with gzip.open(ip) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    with gzip.open(lp) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:n]
+    return images.copy(), labels.copy()
+
+
+def real_codes(bits: int = 64, n: int = 2000) -> np.ndarray | None:
+    """Packed codes of real images (random-projection hashing of Fashion-MNIST): clustered, with many ties."""
+    data = fmnist_images(n)
+    if data is None:
+        return None
+    images, _ = data
+    x = images.reshape(len(images), -1).astype(np.float32)
+    x -= x.mean(axis=0)
+    proj = np.random.default_rng(1).standard_normal((x.shape[1], bits)).astype(np.float32)
+    return pack_codes(np.where(x @ proj >= 0, 1, -1))
+
+
+def foolbox_images() -> list[str]:
+    """Paths of foolbox's bundled real photos (CIFAR/ImageNet PNG/JPEG), [] if foolbox is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or spec.origin is None:
+        return []
+    folder = os.path.join(os.path.dirname(spec.origin), "data")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith((".png", ".jpg", ".jpeg")) and not f.startswith(("mnist", "fashion")))
