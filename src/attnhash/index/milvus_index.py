@@ -116,11 +116,10 @@ class MilvusIndex(Index):
         state = json.loads(rows[0]["state"])
         if state["bits"] != self.bits:
             raise AttnHashError(f"Milvus collection {self.collection!r} holds {state['bits']}-bit codes, not {self.bits}")
-        if self.fingerprint and state.get("fingerprint") and state["fingerprint"] != self.fingerprint:
-            self._fingerprint = state["fingerprint"]
-            self.path = f"{self.uri}#{self.collection}"
-            self.check_fingerprint(self.fingerprint)  # mismatch: raises with both fingerprints
-        self._fingerprint = self.fingerprint or state.get("fingerprint")
+        asked = self.fingerprint
+        self._fingerprint = state.get("fingerprint") or asked
+        self.path = f"{self.uri}#{self.collection}"
+        self.check_fingerprint(asked, "the model asked for")  # a mismatch raises, naming both
         self.info = {**state.get("info", {}), **self.info}
         self._next_id = int(state["next_id"])
         self._next_seq = int(state["next_seq"])
