@@ -13,7 +13,6 @@ COMMAND_MODULES = [
     "attnhash.commands.train",
     "attnhash.commands.encode",
     "attnhash.commands.evaluate",
-    "attnhash.commands.search",
     "attnhash.commands.demo",
 ]
 

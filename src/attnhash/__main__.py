@@ -1,0 +1,7 @@
+"""`python -m attnhash` = the attnhash command."""
+
+import sys
+
+from attnhash.cli import main
+
+sys.exit(main())

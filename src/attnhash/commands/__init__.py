@@ -1,0 +1,1 @@
+"""Sub-commands of the attnhash CLI, one module per command group (see attnhash.cli)."""

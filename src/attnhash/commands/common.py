@@ -1,0 +1,54 @@
+"""Flags shared by the commands that build a run configuration (train, experiment, demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnhash.config import RunConfig, build_config
+
+
+def add_run_flags(p: argparse.ArgumentParser, method_required: bool = False) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--method", "-m", required=method_required, help="hashing method (see `attnhash methods`)")
+    g.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="YAML config file(s) applied over the method's recipe")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    g.add_argument("--name", help="run folder name (default: method-dataset-bits-backbone-time)")
+    g.add_argument("--out", dest="out_dir", help="folder that holds run folders (default: runs)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", "-d", help="fmnist, cifar10, cifar100, nuswide, imagenet100, or a path")
+    d.add_argument("--root", help="where the dataset lives (for names that need it)")
+    d.add_argument("--protocol", help="split protocol: fmnist, cifar10, cifar10-1, nuswide21, imagenet100")
+    d.add_argument("--image-size", type=int, help="network input size in pixels")
+    d.add_argument("--train-limit", type=int, help="train on a seeded subset of this many training images")
+    m = p.add_argument_group("model")
+    m.add_argument("--bits", "-b", type=int, help="code length K (16, 24, 32, 48, 64, 128, ...)")
+    m.add_argument("--backbone", help="resnet18, resnet34, resnet50, alexnet, efficientnet_lite0")
+    m.add_argument("--weights", help="auto | imagenet | none | PATH to a torchvision-format state dict")
+    m.add_argument("--freeze", help="freeze the backbone up to and including this stage (e.g. layer3, block5, all)")
+    m.add_argument("--ablate", help="comma-separated parts of the method to switch off (see `attnhash methods`)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", "-e", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    dataset = args.dataset
+    protocol = args.protocol
+    if dataset and not protocol and dataset in ("cifar10", "fmnist"):
+        protocol = dataset  # the natural protocol of the dataset
+    flags = {
+        "name": args.name,
+        "out_dir": args.out_dir,
+        "data": {"dataset": dataset, "root": args.root, "protocol": protocol, "image_size": args.image_size,
+                 "train_limit": args.train_limit},
+        "model": {"bits": args.bits, "backbone": args.backbone, "weights": args.weights, "freeze": args.freeze},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device},
+        "optim": {"lr": args.lr},
+        "method": {"ablate": [a for a in args.ablate.split(",") if a] if args.ablate else None},
+    }
+    return build_config(args.method, args.config, flags, args.overrides)

@@ -1,0 +1,35 @@
+"""attnhash train: train a method and save its run folder (checkpoint, config, log)."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnhash.commands.common import add_run_flags, config_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a hashing method; writes runs/<name>/",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_flags(p)
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the protocol's query/database after training")
+    p.add_argument("--print-config", action="store_true", help="print the assembled config and exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_yaml())
+        return 0
+    from attnhash.train import train
+
+    result = train(cfg, progress=not args.quiet)
+    print(f"run folder: {result.run_dir}  ({result.seconds:.1f}s, {result.images_per_second:.0f} train images/s)")
+    if args.evaluate:
+        from attnhash.commands.evaluate import print_summary
+        from attnhash.evaluate.run import evaluate_run
+
+        _, summary = evaluate_run(result.run_dir, progress=not args.quiet)
+        print_summary(summary)
+    return 0

@@ -1,0 +1,286 @@
+"""The one training loop. It knows nothing about any particular method: it builds the method's network,
+feeds batches to the method's `training_step`, calls its hooks, logs, and saves the checkpoint.
+
+CPU economy: when the first backbone stages are frozen (model.freeze) and training images are not
+augmented, their output is the same at every epoch, so it is computed once and training runs on the
+cached feature maps (train.cache_frozen). This is exact, not an approximation: frozen stages run in eval
+mode (fixed BatchNorm statistics, no dropout).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from attnhash.checkpoint import atomic_write_text, save_checkpoint
+from attnhash.config import RunConfig
+from attnhash.data import ImageDataset, augment_batch
+from attnhash.encoder import encode_indices, pick_device
+from attnhash.errors import ConfigError
+from attnhash.evaluate.metrics import mean_average_precision
+from attnhash.methods.base import TrainContext, create_method, method_class
+from attnhash.rundata import RunData, prepare_data
+
+CACHE_LIMIT_BYTES = 6 << 30  # above this, frozen features are recomputed each epoch instead of cached
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    seconds: float
+    images_per_second: float
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    ablated = "-no-" + "-".join(cfg.method.ablate) if cfg.method.ablate else ""
+    dataset = Path(cfg.data.dataset).name.replace(".", "_")
+    return f"{cfg.method.name}{ablated}-{dataset}-{cfg.model.bits}b-{cfg.model.backbone}-{stamp}"
+
+
+def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    for g in groups:
+        g["lr"] = o.lr * (o.backbone_lr_scale if g.get("name") == "backbone" else 1.0)
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    o = cfg.optim
+    if o.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.step_size, gamma=o.gamma)
+    if o.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    return None
+
+
+class TrainBatches:
+    """Shuffled training batches as dicts: input (images or cached frozen features), label, index.
+
+    `index` is the position in the training set (0..n-1), which methods use to address per-item state.
+    Labels are left out for unsupervised methods, so they cannot use them even by mistake.
+    """
+
+    def __init__(self, network, data: RunData, indices: np.ndarray, cfg: RunConfig, device, generator,
+                 with_labels: bool, log: Callable[[str], None], progress: bool):
+        self.cfg, self.device, self.generator = cfg, device, generator
+        self.n = len(indices)
+        self.labels = torch.from_numpy(data.labels[indices].astype(np.float32)) if with_labels else None
+        self.dataset = ImageDataset(data.source, indices, cfg.data.image_size)
+        self.start_stage = 0
+        self.cache = None
+        frozen = network.backbone.frozen_stages
+        if cfg.train.cache_frozen and frozen > 0 and not cfg.data.augment:
+            self.cache = self._cache_frozen(network, frozen, log, progress)
+            if self.cache is not None:
+                self.start_stage = frozen
+
+    @torch.no_grad()
+    def _cache_frozen(self, network, frozen: int, log, progress):
+        stages = network.backbone.stages()[:frozen]
+        loader = DataLoader(self.dataset, batch_size=256, shuffle=False, num_workers=self.cfg.train.num_workers)
+        parts, nbytes, t0 = [], 0, time.time()
+        network.eval()
+        for batch in tqdm(loader, desc="cache frozen stages", leave=False, disable=None if progress else True):
+            x = network.normalize(batch["image"].to(self.device))
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for stage in stages:
+                x = stage(x)
+            parts.append(x.contiguous())
+            nbytes += x.numel() * x.element_size()
+            if nbytes * self.n / max(1, sum(len(p) for p in parts)) > CACHE_LIMIT_BYTES:
+                log("frozen features would not fit the cache limit; recomputing them every epoch instead")
+                return None
+        log(f"cached frozen stages 1-{frozen} for {self.n} training images in {time.time() - t0:.1f}s "
+            f"({nbytes / 2**20:.0f} MiB)")
+        return torch.cat(parts)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.cfg.train.batch_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        order = torch.randperm(self.n, generator=self.generator)
+        bs = self.cfg.train.batch_size
+        for s in range(0, self.n, bs):
+            idx = order[s : s + bs]
+            if len(idx) < 2 and self.n >= 2:
+                continue  # a batch of one breaks BatchNorm and pairwise losses
+            if self.cache is not None:
+                x = self.cache[idx.to(self.cache.device)]
+            else:
+                x = torch.stack([self.dataset[int(i)]["image"] for i in idx])
+                if self.cfg.data.augment:
+                    x = augment_batch(x, self.generator)
+                x = x.to(self.device)
+                if self.device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+            batch = {"input": x, "index": idx.to(self.device), "start_stage": self.start_stage}
+            if self.labels is not None:
+                batch["label"] = self.labels[idx].to(self.device)
+            yield batch
+
+
+def _split_validation(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 7)
+    perm = rng.permutation(train)
+    n_val = max(1, int(round(len(train) * fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = True,
+          log: Callable[[str], None] = print, data: RunData | None = None) -> TrainResult:
+    """Train the method of `cfg` and save its run folder; returns where and how fast."""
+    from attnhash.shallow_pipeline import fit_shallow, is_shallow
+
+    run_dir = Path(run_dir or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    generator = seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    data = data or prepare_data(cfg.data)
+    if is_shallow(cfg.method.name):
+        return fit_shallow(cfg, data, run_dir, device, log=log, progress=progress)
+
+    cls = method_class(cfg.method.name)
+    train_idx, val_idx = data.train, None
+    if cfg.train.select == "val":
+        train_idx, val_idx = _split_validation(data.train, cfg.train.val_fraction, cfg.train.seed)
+    method = create_method(
+        cfg.method.name, cfg.method.params, cfg.model.bits,
+        num_classes=data.num_classes, num_train=len(train_idx), ablate=cfg.method.ablate,
+    )
+    network = method.build_network(cfg.model)
+    network.backbone.freeze(cfg.model.freeze)
+    network.to(device)
+    method.to(device)
+    if device.type == "cpu" and cfg.train.channels_last:
+        network.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, method.trainable_parameters(network))
+    scheduler = make_scheduler(cfg, optimizer)
+
+    batches = TrainBatches(network, data, train_idx, cfg, device, generator, cls.supervised, log, progress)
+    start_stage = batches.start_stage
+
+    def forward(batch: dict) -> dict:
+        return network(batch["input"], start_stage=batch.get("start_stage", start_stage))
+
+    ctx = TrainContext(
+        network=network,
+        forward=forward,
+        optimizer=optimizer,
+        train_labels=batches.labels.to(device) if batches.labels is not None else None,
+        num_train=len(train_idx),
+        epochs=cfg.train.epochs,
+        device=device,
+        train_loader=batches,
+        steps_per_epoch=len(batches),
+        amp=cfg.train.amp == "bf16",
+        log=log,
+    )
+    method.setup(ctx)
+
+    log_path = run_dir / "log.jsonl"
+    log_path.write_text("")
+    history: list[dict] = []
+    best = (-1.0, None, -1)
+    t_start = time.time()
+    train_seconds = 0.0
+    for epoch in range(cfg.train.epochs):
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        network.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        t0 = time.time()
+        bar = tqdm(batches, total=len(batches), disable=None if progress else True, leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+        for batch in bar:
+            parts = method.training_step(batch, ctx)
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.optim.grad_clip)
+            ctx.step += 1
+            steps += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if not math.isfinite(parts.get("loss", 0.0)):
+                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {parts['loss']}); lower optim.lr")
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        seconds = time.time() - t0
+        train_seconds += seconds
+        if scheduler is not None:
+            scheduler.step()
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / max(steps, 1) for k, v in sums.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "images_per_s": round(batches.n / max(seconds, 1e-9), 1),
+        }
+        if val_idx is not None:
+            record["val_mAP"] = _validation_map(network, data, train_idx, val_idx, cfg, device)
+            if record["val_mAP"] > best[0]:
+                best = (record["val_mAP"], copy.deepcopy(network.state_dict()), epoch + 1)
+        history.append(record)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+    if best[1] is not None:
+        network.load_state_dict(best[1])
+        log(f"kept epoch {best[2]} (best validation mAP {best[0]:.4f})")
+    total = time.time() - t_start
+    meta = {
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "num_train": len(train_idx),
+        "protocol": cfg.data.protocol,
+        "split_file": data.split_path,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(total, 2),
+        "images_per_second": round(len(train_idx) * cfg.train.epochs / max(train_seconds, 1e-9), 1),
+        "selected_epoch": best[2] if best[1] is not None else cfg.train.epochs,
+        "frozen_stages": network.backbone.frozen_stages,
+        "cached_frozen": start_stage > 0,
+        "device": str(device),
+    }
+    ckpt = save_checkpoint(run_dir, network.state_dict(), cfg, meta)
+    atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
+    return TrainResult(run_dir, ckpt, total, meta["images_per_second"], history)
+
+
+def _validation_map(network, data: RunData, fit_idx, val_idx, cfg: RunConfig, device) -> float:
+    """mAP of held-out training images (queries) against the rest of train (database): selection without
+    looking at the protocol's query set."""
+    q = encode_indices(network, data.source, val_idx, cfg.data.image_size, device, cfg.eval.batch_size)
+    d = encode_indices(network, data.source, fit_idx, cfg.data.image_size, device, cfg.eval.batch_size)
+    return mean_average_precision(q, d, data.labels[val_idx], data.labels[fit_idx])
