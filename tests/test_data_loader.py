@@ -69,6 +69,10 @@ def test_image_dataset_rgb_arrays_and_loader():
     assert b["label"].shape == (4, 3) and b["label"].dtype == torch.float32
     assert b["index"].tolist() == [4, 5, 6, 7]
     np.testing.assert_array_equal(b["image"][2].permute(1, 2, 0).numpy(), pillow_resize(imgs[6], 24))
+    direct = ds.get_batch([4, 5, 6, 7])  # the same batch without a DataLoader
+    assert set(direct) == {"image", "label", "index"}
+    for key in direct:
+        assert torch.equal(direct[key], b[key]), key
     same = ImageDataset(from_arrays(imgs, np.arange(9) % 3), None, 32)[0]["image"]  # no resize needed
     np.testing.assert_array_equal(same.permute(1, 2, 0).numpy(), imgs[0])
 

@@ -197,25 +197,37 @@ class ImageDataset(Dataset):
             raise IndexError(f"index {i} out of range for {n} items")
         return int(i) % n
 
-    def _images(self, positions: list[int]) -> torch.Tensor:
+    def _images(self, positions: list[int], contiguous: bool) -> torch.Tensor:
         """uint8 (B, 3, S, S) for the given positions; one batched resize for in-memory images."""
         s = self.image_size
         if self._arrays is not None:
             out = resize_batch_chw(self._arrays.images[self.indices[positions]], s)
-            # Grey: resized once, then expanded (a view; collate's stack materialises it once).
-            return out.expand(-1, 3, s, s) if out.shape[1] == 1 else out
+            if out.shape[1] == 3:
+                return out
+            # Grey, resized once. Without ``contiguous`` return an expanded view (collate's stack copies it
+            # anyway); else copy with numpy, whose single-threaded copy beats torch's on a busy machine.
+            if not contiguous:
+                return out.expand(-1, 3, s, s)
+            return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(out.numpy(), (out.shape[0], 3, s, s))))
         imgs = [resize_image(self.source.image(int(self.indices[p])), s) for p in positions]
-        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)))
 
     def __getitem__(self, i: int) -> dict:
         p = self._position(i)
-        return {"image": self._images([p])[0].contiguous(), "label": self.labels[p].clone(), "index": p}
+        return {"image": self._images([p], True)[0], "label": self.labels[p].clone(), "index": p}
+
+    def get_batch(self, indices: Sequence[int]) -> dict:
+        """The collated batch of these positions without a DataLoader: {"image": uint8 (B,3,S,S),
+        "label": float32 (B,C), "index": int64 (B,)}, equal to default_collate of the items."""
+        positions = [self._position(i) for i in indices]
+        return {"image": self._images(positions, True), "label": self.labels[positions],
+                "index": torch.tensor(positions, dtype=torch.int64)}
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """Batched fetch used by torch's DataLoader: the same items as __getitem__, resized in one go."""
         positions = [self._position(i) for i in indices]
         # unbind makes all per-item views in one call; indexing item by item costs more than the resize.
-        images = self._images(positions).unbind(0)
+        images = self._images(positions, False).unbind(0)
         labels = self.labels[positions].unbind(0)
         return [{"image": img, "label": lab, "index": p} for img, lab, p in zip(images, labels, positions)]
 
