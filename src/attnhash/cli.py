@@ -13,6 +13,9 @@ COMMAND_MODULES = [
     "attnhash.commands.train",
     "attnhash.commands.encode",
     "attnhash.commands.evaluate",
+    "attnhash.commands.index",
+    "attnhash.commands.search",
+    "attnhash.commands.serve",
     "attnhash.commands.demo",
 ]
 

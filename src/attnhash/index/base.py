@@ -13,6 +13,7 @@ Conventions (all backends, checked against the numpy reference by the tests):
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -348,6 +349,7 @@ class LocalIndex(Index):
         self._ids = Column(np.zeros(0, dtype=np.int64))
         self._meta = MetadataStore()
         self._idmap: IdMap | None = None
+        self._idmap_lock = threading.Lock()  # concurrent readers may all ask for the lazily built map
         self._next_id = 0
 
     # ---- backend hooks ----------------------------------------------------------------------------------
@@ -379,9 +381,13 @@ class LocalIndex(Index):
         return self._ids.view
 
     def _map(self) -> IdMap:
-        if self._idmap is None:
-            self._idmap = IdMap(self._ids.view)
-        return self._idmap
+        idmap = self._idmap
+        if idmap is None:
+            with self._idmap_lock:
+                if self._idmap is None:
+                    self._idmap = IdMap(self._ids.view)
+                idmap = self._idmap
+        return idmap
 
     def _positions(self, ids: Iterable[int] | np.ndarray, strict: bool = True) -> np.ndarray:
         arr = _as_ids(ids)

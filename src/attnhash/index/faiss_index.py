@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Literal
 
 import faiss
@@ -55,6 +56,7 @@ class FaissIndex(LocalIndex):
         self._flat = faiss.IndexBinaryFlat(self.bits)
         self._hash: Any = None  # IndexBinaryMultiHash / IndexBinaryHash, built on first radius search
         self._kind, self._nhash, self._b = hash_layout(self.bits)
+        self._hash_lock = threading.Lock()  # concurrent radius queries may race to build the tables
 
     # ---- storage hooks ------------------------------------------------------------------------------
     def _store_codes(self, codes: np.ndarray) -> None:
@@ -113,8 +115,11 @@ class FaissIndex(LocalIndex):
 
     def build_hash(self) -> None:
         """Build the radius-search hash tables now (otherwise done on the first radius query that uses them)."""
-        if self._hash is not None:
-            return
+        with self._hash_lock:
+            if self._hash is None:
+                self._build_hash()
+
+    def _build_hash(self) -> None:
         codes = self._codes_view()
         if self._kind == "multihash":
             mh = faiss.IndexBinaryMultiHash(self.bits, self._nhash, self._b)
@@ -130,9 +135,13 @@ class FaissIndex(LocalIndex):
     def _range_positions(self, q: np.ndarray, radius: int, method: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
         plan = self.range_plan(radius) if method == "auto" else method
         if plan == "hash":
-            self.build_hash()
-            self._hash.nflip = radius // self._nhash if self._kind == "multihash" else radius
-            lims, d, p = self._hash.range_search(q, radius + 1)
+            # nflip is a field of the shared index: build, set and search under one lock so concurrent radius
+            # queries with different radii cannot see each other's setting
+            with self._hash_lock:
+                if self._hash is None:
+                    self._build_hash()
+                self._hash.nflip = radius // self._nhash if self._kind == "multihash" else radius
+                lims, d, p = self._hash.range_search(q, radius + 1)
         else:
             lims, d, p = self._flat.range_search(q, radius + 1)
         qidx = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))

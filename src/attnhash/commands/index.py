@@ -1,0 +1,153 @@
+"""attnhash index build|add|remove|info: make and maintain an index file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from attnhash.errors import DataError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build and maintain an index file (codes + ids + metadata + model fingerprint)")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    isub.required = True
+
+    b = isub.add_parser("build", help="encode images with a trained run and write a new index file")
+    b.add_argument("run", help="run folder of the trained model")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a list file, an image folder, a dataset name (fmnist, ...) or an .npz")
+    src.add_argument("--codes", help="an .npz written by `attnhash encode` (codes, paths, labels)")
+    b.add_argument("--root", help="root folder for the paths of a list file / where the dataset lives")
+    b.add_argument("--out", "-o", required=True, help="index file to write")
+    b.add_argument("--backend", default="faiss", choices=["faiss", "numpy"], help="backend used while building")
+    b.add_argument("--limit", type=int, help="index only the first N images")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--force", action="store_true", help="overwrite an existing index file")
+    b.set_defaults(func=run_build)
+
+    a = isub.add_parser("add", help="encode more images and add them to an index file")
+    a.add_argument("index", help="index file")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a list file, an image folder, a dataset name or an .npz")
+    src.add_argument("--codes", help="an .npz written by `attnhash encode`")
+    a.add_argument("--root")
+    a.add_argument("--run", help="run folder (default: the one recorded in the index)")
+    a.add_argument("--limit", type=int)
+    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=run_add)
+
+    r = isub.add_parser("remove", help="remove items by id")
+    r.add_argument("index", help="index file")
+    r.add_argument("ids", nargs="*", type=int, help="ids to remove")
+    r.add_argument("--ids-file", help="a text file with one id per line")
+    r.set_defaults(func=run_remove)
+
+    i = isub.add_parser("info", help="describe an index file and check its integrity")
+    i.add_argument("index", help="index file")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--no-verify", action="store_true", help="skip the payload checksums (very large files)")
+    i.set_defaults(func=run_info)
+
+
+def _open_source(args):
+    from attnhash.data import open_dataset
+
+    source = open_dataset(args.images, args.root)
+    indices = np.arange(len(source) if args.limit is None else min(args.limit, len(source)))
+    return source, indices
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from attnhash.index import create_index
+    from attnhash.index import pipeline
+
+    if os.path.exists(args.out) and not args.force:
+        raise DataError(f"{args.out} exists; pass --force to overwrite it")
+    encoder = pipeline.load_encoder(args.run, device=args.device)
+    if args.codes:
+        index = create_index(args.backend, encoder.bits, fingerprint=encoder.fingerprint,
+                             info={"run_dir": os.path.abspath(args.run), "source": args.codes,
+                                   "class_names": list(getattr(encoder, "class_names", None) or [])})
+        pipeline.add_codes_file(index, args.codes)
+    else:
+        source, indices = _open_source(args)
+        index = pipeline.build_index(encoder, source, backend=args.backend, indices=indices,
+                                     batch_size=args.batch_size, progress=sys.stderr.isatty())
+        index.info["run_dir"] = os.path.abspath(args.run)
+    index.save(args.out)
+    print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from attnhash.index import open_index
+    from attnhash.index import pipeline
+
+    index = open_index(args.index)
+    if args.codes:
+        new = pipeline.add_codes_file(index, args.codes)
+    else:
+        encoder = pipeline.encoder_for_index(index, args.run, device=args.device)
+        source, indices = _open_source(args)
+        new = pipeline.add_source(index, encoder, source, indices=indices, batch_size=args.batch_size,
+                                  progress=sys.stderr.isatty())
+    index.save(args.index)
+    span = f" (ids {new[0]}..{new[-1]})" if len(new) else ""
+    print(f"added {len(new)} items{span}; {args.index} now holds {len(index)}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from attnhash.index import open_index
+
+    ids = list(args.ids)
+    if args.ids_file:
+        try:
+            with open(args.ids_file) as f:
+                ids += [int(line) for line in f if line.strip()]
+        except (OSError, ValueError) as err:
+            raise DataError(f"{args.ids_file}: cannot read ids ({err})") from None
+    if not ids:
+        raise DataError("no ids given")
+    index = open_index(args.index)
+    removed = index.remove(np.asarray(ids, dtype=np.int64))
+    if removed:
+        index.save(args.index)
+    print(f"removed {removed} of {len(set(ids))} ids; {args.index} now holds {len(index)}")
+    return 0 if removed == len(set(ids)) else 1
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from attnhash.index import open_index, read_header
+
+    head = read_header(args.index)
+    index = open_index(args.index, verify=not args.no_verify)
+    info = {
+        "path": args.index,
+        "format_version": head["version"],
+        "file_bytes": head["size"],
+        "count": len(index),
+        "bits": index.bits,
+        "next_id": int(index.next_id),
+        "fingerprint": index.fingerprint,
+        "verified": not args.no_verify,
+        **{k: v for k, v in index.info.items() if k != "class_names"},
+        "classes": len(index.info.get("class_names") or []),
+        "class_names": index.info.get("class_names") or [],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "class_names":
+            value = ", ".join(value) if value else "-"
+        print(f"{key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,71 @@
+"""attnhash search INDEX IMAGE... --k N | --radius R: query an index file with images (or with stored items)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from attnhash.errors import DataError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="search an index with query images (Hamming top-k or radius)")
+    p.add_argument("index", help="index file")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="query image files (or item references such as dataset:fmnist#12)")
+    p.add_argument("--id", dest="ids", type=int, action="append", default=[],
+                   help="also query with the code of this item of the index (repeatable)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--k", "-k", type=int, help="number of nearest items (default 10)")
+    g.add_argument("--radius", "-r", type=int, help="every item within this Hamming distance")
+    p.add_argument("--run", help="run folder of the model (default: the one recorded in the index)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--max-results", type=int, default=1000, help="cap on printed results per query (radius search)")
+    p.add_argument("--backend", default="faiss", choices=["faiss", "numpy"])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnhash.index import open_index
+    from attnhash.index import pipeline
+
+    if not args.images and not args.ids:
+        raise DataError("give query images, or --id ID of an item in the index")
+    k = None if args.radius is not None else (args.k or 10)
+    if k is not None and k <= 0:
+        raise DataError(f"--k must be positive, got {k}")
+    if args.radius is not None and args.radius < 0:
+        raise DataError(f"--radius must be >= 0, got {args.radius}")
+    index = open_index(args.index, backend=args.backend)
+    queries: list[str] = []
+    codes = []
+    if args.images:
+        encoder = pipeline.encoder_for_index(index, args.run, device=args.device)
+        images = [pipeline.load_query_image(ref) for ref in args.images]
+        codes.append(encoder.encode_images(images))
+        queries += list(args.images)
+    if args.ids:
+        try:
+            codes.append(index.reconstruct(args.ids))
+        except KeyError as err:
+            raise DataError(f"{args.index}: {err.args[0]}") from None
+        queries += [f"id:{i}" for i in args.ids]
+    q = np.concatenate(codes)
+    results = pipeline.search_codes(index, q, k=k, radius=args.radius, max_results=args.max_results)
+    if args.json:
+        print(json.dumps([{"query": name, "results": hits} for name, hits in zip(queries, results)], indent=2))
+        return 0
+    for name, hits in zip(queries, results):
+        what = f"top {k}" if k is not None else f"radius {args.radius}"
+        print(f"query {name}  ({what}, {len(hits)} results)")
+        if not hits:
+            continue
+        wid = max(len(str(h["id"])) for h in hits)
+        print(f"  {'rank':>4}  {'id':>{wid}}  {'dist':>4}  {'labels':<20}  path")
+        for rank, h in enumerate(hits, 1):
+            labels = ",".join(h["label_names"]) or "-"
+            print(f"  {rank:>4}  {h['id']:>{wid}}  {h['distance']:>4}  {labels:<20}  {h['path'] or '-'}")
+    return 0

@@ -1,0 +1,33 @@
+"""attnhash serve INDEX: the HTTP API and the search web page over an index file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve an index: HTTP API + web page (search by image or id, add, remove)")
+    p.add_argument("index", help="index file")
+    p.add_argument("--run", help="run folder of the model (default: the one recorded in the index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k (and results per radius query)")
+    p.add_argument("--backend", default="faiss", choices=["faiss", "numpy"])
+    p.add_argument("--no-persist", action="store_true",
+                   help="keep adds/removes in memory only (default: rewrite the index file atomically)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnhash.serve import create_app, run_server
+
+    app = create_app(args.index, args.run, max_upload_mb=args.max_upload_mb, backend=args.backend,
+                     persist=not args.no_persist, device=args.device, max_k=args.max_k)
+    svc = app.state.service
+    model = svc.encoder.run_dir if svc.encoder is not None else f"none ({svc.encoder_error})"
+    print(f"serving {args.index}: {len(svc.index)} items, {svc.index.bits}-bit codes, model {model}")
+    print(f"web page: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs")
+    run_server(app, host=args.host, port=args.port)
+    return 0
