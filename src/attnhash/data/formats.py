@@ -71,6 +71,49 @@ class _ParsedList:
         self.form = form  # "vector" or "id"
 
 
+class _ExistingFiles:
+    """File existence by one directory listing per folder: 200k stat calls cost more than the parsing."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, set[str]] = {}
+
+    def __call__(self, path: str) -> bool:
+        folder, base = os.path.split(path)
+        names = self._folders.get(folder)
+        if names is None:
+            try:
+                with os.scandir(folder or ".") as it:
+                    names = {e.name for e in it if e.is_file()}
+            except OSError:
+                names = set()
+            self._folders[folder] = names
+        # A name missing from the listing may still be reachable (e.g. "a/../b"): ask the OS.
+        return base in names or os.path.isfile(path)
+
+
+def _path_with_spaces(list_path: str, lineno: int, line: str, tokens: list[str], root: str,
+                      exists: _ExistingFiles) -> tuple[str, list[str]]:
+    """The first token is not a file: try a path containing spaces, the labels being the trailing integers."""
+    k = len(tokens)
+    while k > 1 and _INT_RE.fullmatch(tokens[k - 1]):
+        k -= 1
+    if 1 < k < len(tokens):
+        spans = list(_TOKEN_RE.finditer(line))
+        alt = line[: spans[k].start()].rstrip()
+        if exists(os.path.join(root, alt)):
+            return alt, tokens[k:]
+    full = os.path.join(root, tokens[0])
+    what = "is not a file" if os.path.exists(full) else "not found"
+    raise DataError(f"{list_path}:{lineno}: image {what}: {full}")
+
+
+def _bad_vector(list_path: str, lineno: int, lab: list[str], width: int, width_from: str) -> None:
+    if len(lab) != width:
+        raise DataError(f"{list_path}:{lineno}: label vector has {len(lab)} values, expected {width} ({width_from})")
+    bad = next(t for t in lab if t != "0" and t != "1")
+    raise DataError(f"{list_path}:{lineno}: label values must be 0 or 1, got {_short(bad)!r}")
+
+
 def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedList:
     """Parse and check a list file: `path 0 1 0 ...` (0/1 vector) or `path class_id`, one item per line."""
     try:
@@ -92,53 +135,40 @@ def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedLi
     form: str | None = None
     width = 0
     width_from = ""
+    exists = _ExistingFiles()
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line or line[0] == "#":
             continue
-        where = f"{list_path}:{lineno}"
-        spans = list(_TOKEN_RE.finditer(line))
-        if len(spans) < 2:
-            raise DataError(f"{where}: expected '<image path> <labels>', got {_short(line)!r}")
-        tokens = [m.group() for m in spans]
+        tokens = line.split()
+        if len(tokens) < 2:
+            raise DataError(f"{list_path}:{lineno}: expected '<image path> <labels>', got {_short(line)!r}")
         rel, lab = tokens[0], tokens[1:]
-        if not os.path.isfile(os.path.join(root, rel)):
-            # A path containing spaces: the labels are then the trailing integer tokens.
-            k = len(tokens)
-            while k > 1 and _INT_RE.fullmatch(tokens[k - 1]):
-                k -= 1
-            alt = line[: spans[k].start()].rstrip() if 1 < k < len(tokens) else None
-            if alt is not None and os.path.isfile(os.path.join(root, alt)):
-                rel, lab = alt, tokens[k:]
-            else:
-                full = os.path.join(root, rel)
-                what = "is not a file" if os.path.exists(full) else "not found"
-                raise DataError(f"{where}: image {what}: {full}")
+        if not exists(os.path.join(root, rel)):
+            rel, lab = _path_with_spaces(list_path, lineno, line, tokens, root, exists)
         if form is None:
             # One label token per line means `path class_id`; a one-column 0/1 vector is only meant when asked.
             form = "id" if len(lab) == 1 and num_classes != 1 else "vector"
             if form == "vector":
                 width = num_classes if num_classes is not None else len(lab)
                 width_from = "num_classes" if num_classes is not None else f"line {lineno}"
-        if form == "id":
+        if form == "vector":
+            joined = "".join(lab)
+            # Only one-character tokens 0/1: same length as the token count, nothing left after strip("01").
+            if len(lab) != width or len(joined) != width or joined.strip("01"):
+                _bad_vector(list_path, lineno, lab, width, width_from)
+            chunks.append(joined)
+        else:
             if len(lab) != 1:
-                raise DataError(
-                    f"{where}: {len(lab)} label values, expected one class id (as on the first item's line)"
-                )
+                raise DataError(f"{list_path}:{lineno}: {len(lab)} label values, expected one class id "
+                                "(as on the first item's line)")
             tok = lab[0]
-            if not _INT_RE.fullmatch(tok) or int(tok) < 0:
-                raise DataError(f"{where}: class id must be a non-negative integer, got {_short(tok)!r}")
+            if not (tok.isascii() and tok.isdigit()):
+                raise DataError(f"{list_path}:{lineno}: class id must be a non-negative integer, got {_short(tok)!r}")
             cid = int(tok)
             if num_classes is not None and cid >= num_classes:
-                raise DataError(f"{where}: class id {cid} out of range for {num_classes} classes")
+                raise DataError(f"{list_path}:{lineno}: class id {cid} out of range for {num_classes} classes")
             ids.append(cid)
-        else:
-            if len(lab) != width:
-                raise DataError(f"{where}: label vector has {len(lab)} values, expected {width} ({width_from})")
-            bad = next((t for t in lab if t != "0" and t != "1"), None)
-            if bad is not None:
-                raise DataError(f"{where}: label values must be 0 or 1, got {_short(bad)!r}")
-            chunks.append("".join(lab))
         paths.append(rel)
         lines.append(lineno)
     if not paths:
