@@ -270,3 +270,13 @@ def test_cache_location_when_no_root_or_not_writable(tmp_path, monkeypatch):
     assert load_or_create_split(src2, "cifar10")[1] == path2  # found again in the cache
     for d, _, files in os.walk(tmp_path):
         assert not [f for f in files if f.endswith(".tmp")]
+
+
+def test_system_package_folders_are_not_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(protocols_mod, "_SYSTEM_PREFIXES", (str(tmp_path / "usr") + os.sep,))
+    (tmp_path / "usr" / "share" / "data").mkdir(parents=True)
+    src = single_label([600, 600], root=str(tmp_path / "usr" / "share" / "data"))
+    _, path = load_or_create_split(src, "cifar10")
+    assert os.path.dirname(path) == str(tmp_path / "cache" / "splits")
+    assert os.listdir(tmp_path / "usr" / "share" / "data") == []

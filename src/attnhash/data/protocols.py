@@ -166,6 +166,15 @@ def make_split(source: ImageSource, protocol: str, seed: int = 0) -> Split:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Folders of system packages (e.g. Debian's dataset-fashion-mnist under /usr/share): never written to, even
+# when running as root, since the package manager owns them.
+_SYSTEM_PREFIXES = ("/usr/",)
+
+
+def _writable_folder(folder: str) -> bool:
+    return not os.path.abspath(folder).startswith(_SYSTEM_PREFIXES)
+
+
 def _cache_dir() -> str:
     base = os.environ.get("ATTNHASH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attnhash")
     return os.path.join(base, "splits")
@@ -283,7 +292,7 @@ def load_or_create_split(source: ImageSource, protocol: str, seed: int = 0,
 
     ``path`` None: beside the data (``<root>/attnhash-split-<protocol>-seed<seed>.json``) when the data has
     a writable root, else ``$ATTNHASH_CACHE_DIR/splits/`` (default ~/.cache/attnhash/splits/). Returns the
-    split and the file used.
+    split and the file used. Folders of system packages (under /usr) count as not writable.
     """
     proto = _get_protocol(protocol)
     if path is not None:
@@ -303,6 +312,8 @@ def load_or_create_split(source: ImageSource, protocol: str, seed: int = 0,
     split = make_split(source, proto.name, seed)
     errors = []
     for candidate in candidates:  # beside the data first; a read-only data folder falls back to the cache
+        if candidate != candidates[-1] and not _writable_folder(os.path.dirname(candidate)):
+            continue
         try:
             save_split(split, source, candidate)
             return split, candidate
