@@ -194,6 +194,9 @@ def test_split_file_written_once_beside_the_data_and_reused(tmp_path, monkeypatc
     # an equal source opened again (same fingerprint) reuses it too
     load_or_create_split(single_label([610, 620], root=str(tmp_path)), "cifar10", seed=2)
     assert sorted(os.listdir(tmp_path)) == ["attnhash-split-cifar10-seed2.json"]  # no temp files left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable by the team, not 0600
 
 
 def test_split_file_keeps_classes_and_topk(tmp_path):

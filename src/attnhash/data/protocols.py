@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -206,7 +206,10 @@ def save_split(split: Split, source: ImageSource, path: str) -> None:
     """Write the split file atomically: a temp file in the same folder, fsync, then os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".attnhash-split-", suffix=".tmp")
+    # Not tempfile.mkstemp: its 0600 mode would hide the split from the rest of a team sharing the data;
+    # 0666 filtered by the umask gives the usual permissions. O_EXCL keeps the name ours.
+    tmp = os.path.join(folder, f".attnhash-split-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(_split_json(split, source))
