@@ -75,7 +75,10 @@ def test_state_dict_round_trip(name, fitted, clusters):
     assert all(isinstance(v, np.ndarray) for v in state.values())
     assert state["bits"].ndim == 0 and int(state["bits"]) == 32
     expected = hasher.encode(clusters[3])
-    for clone in (type(hasher).from_state_dict(state), load_shallow(state)):
+    from safetensors.numpy import load as st_load, save as st_save
+
+    on_disk = st_load(st_save({k: np.ascontiguousarray(v) for k, v in state.items()}))  # as a checkpoint holds it
+    for clone in (type(hasher).from_state_dict(state), load_shallow(state), load_shallow(on_disk)):
         assert type(clone) is type(hasher)
         np.testing.assert_array_equal(clone.encode(clusters[3]), expected)
     # the saved arrays are copies: changing them does not change the fitted hasher
@@ -291,3 +294,16 @@ def test_dsh_density_distinct_balanced_projections(clusters):
 def test_dsh_density_needs_enough_points():
     with pytest.raises(ConfigError, match="groups"):
         DensitySensitiveHashing(64).fit(np.random.default_rng(0).normal(size=(50, 8)))
+
+
+def test_unknown_keyword_and_bad_params_raise_config_error():
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        ITQ(16, n_iters=5)
+    with pytest.raises(ConfigError, match="n_iter"):
+        ITQ(16, n_iter=-1)
+    with pytest.raises(ConfigError, match="alpha"):
+        DensitySensitiveHashing(16, alpha=0)
+    with pytest.raises(ConfigError, match="seed"):
+        LSH(16, seed=-1)
+    with pytest.raises(ConfigError, match="eps_mean"):
+        SphericalHashing(16, eps_mean=2.0)

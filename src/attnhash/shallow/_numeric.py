@@ -65,6 +65,17 @@ def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, x_sq: np.ndarray
     return centres
 
 
+def _group_sums(x: np.ndarray, labels: np.ndarray, k: int, chunk: int = 8192) -> np.ndarray:
+    """Per-group sums of the rows of x, as one-hot matrix products over row blocks (fast, bounded memory)."""
+    sums = np.zeros((k, x.shape[1]))
+    for start in range(0, x.shape[0], chunk):
+        lab = labels[start:start + chunk]
+        onehot = np.zeros((k, len(lab)))
+        onehot[lab, np.arange(len(lab))] = 1.0
+        sums += onehot @ x[start:start + chunk]
+    return sums
+
+
 def kmeans(x: np.ndarray, k: int, n_iter: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means with k-means++ seeding: (centres (k, d), labels (n,)). Seeded through rng."""
     n = x.shape[0]
@@ -76,9 +87,7 @@ def kmeans(x: np.ndarray, k: int, n_iter: int, rng: np.random.Generator) -> tupl
     labels = d2.argmin(axis=1)
     for _ in range(n_iter):
         counts = np.bincount(labels, minlength=k)
-        onehot = np.zeros((k, n))
-        onehot[labels, np.arange(n)] = 1.0
-        sums = onehot @ x
+        sums = _group_sums(x, labels, k)
         nonempty = counts > 0
         centres[nonempty] = sums[nonempty] / counts[nonempty, None]
         empty = np.flatnonzero(~nonempty)

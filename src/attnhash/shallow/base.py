@@ -74,6 +74,8 @@ def _method_of(state: Mapping[str, Any]) -> str:
     if "method" not in state:
         raise CheckpointError("shallow hasher state has no 'method' entry; it was not written by state_dict()")
     raw = np.asarray(state["method"])
+    if raw.dtype.kind in "US":  # a plain string (e.g. from JSON) is accepted too
+        return str(raw.item() if raw.ndim == 0 else "".join(raw.ravel().tolist()))
     try:
         return raw.astype(np.uint8).tobytes().decode("ascii")
     except (UnicodeDecodeError, ValueError, TypeError) as exc:
@@ -229,10 +231,12 @@ class ShallowHasher:
         missing = [k for k in needed if k not in state]
         if missing:
             raise CheckpointError(f"{cls.name} state is missing {', '.join(missing)}")
-        scalars = {k: state[k] for k in ("bits", "seed", "dim", *cls._param_names)}
-        bad = [k for k, v in scalars.items() if v.ndim != 0]
+        # 0-d as written; a 1-element array is accepted too (np.ascontiguousarray and some writers make 0-d 1-d)
+        scalars = {k: state[k].reshape(-1) for k in ("bits", "seed", "dim", *cls._param_names)}
+        bad = [k for k, v in scalars.items() if v.size != 1]
         if bad:
-            raise CheckpointError(f"{cls.name} state: {', '.join(bad)} must be 0-d arrays")
+            raise CheckpointError(f"{cls.name} state: {', '.join(bad)} must be single numbers (0-d arrays)")
+        scalars = {k: v[0] for k, v in scalars.items()}
         try:
             obj = cls(int(scalars["bits"]), seed=int(scalars["seed"]),
                       **{p: scalars[p].item() for p in cls._param_names})

@@ -6,6 +6,8 @@ Jin, Li, Lin, Cai, "Density sensitive hashing", IEEE Transactions on Cybernetics
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.errors import CheckpointError, ConfigError
@@ -46,8 +48,9 @@ class DensitySensitiveHashing(ShallowHasher):
     _param_names = ("alpha", "r", "kmeans_iter")
     _array_names = ("projections", "thresholds")
 
-    def __init__(self, bits: int, seed: int = 0, alpha: float = 1.5, r: int = 3, kmeans_iter: int = 3) -> None:
-        super().__init__(bits, seed)
+    def __init__(self, bits: int, seed: int = 0, alpha: float = 1.5, r: int = 3, kmeans_iter: int = 3,
+                 **unknown: Any) -> None:
+        super().__init__(bits, seed, **unknown)
         self.alpha = check_float(self.name, "alpha", alpha, 0.0, None, low_open=True)
         self.r = check_int(self.name, "r", r, minimum=1)
         self.kmeans_iter = check_int(self.name, "kmeans_iter", kmeans_iter, minimum=0)

@@ -6,6 +6,8 @@ Gong, Lazebnik, Gordo, Perronnin, TPAMI 35(12), 2013.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.codes import binarize
@@ -32,8 +34,8 @@ class ITQ(ShallowHasher):
     _param_names = ("n_iter",)
     _array_names = ("mean", "components", "rotation")
 
-    def __init__(self, bits: int, seed: int = 0, n_iter: int = 50) -> None:
-        super().__init__(bits, seed)
+    def __init__(self, bits: int, seed: int = 0, n_iter: int = 50, **unknown: Any) -> None:
+        super().__init__(bits, seed, **unknown)
         self.n_iter = check_int(self.name, "n_iter", n_iter, minimum=0)
         self.mean_: np.ndarray | None = None
         self.components_: np.ndarray | None = None

@@ -7,6 +7,8 @@ dimensions", FOCS 2006 / CACM 2008. Two points collide on a bit with probability
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.errors import CheckpointError
@@ -30,8 +32,8 @@ class LSH(ShallowHasher):
     _array_names = ("projection",)
     _min_fit_samples = 1
 
-    def __init__(self, bits: int, seed: int = 0) -> None:
-        super().__init__(bits, seed)
+    def __init__(self, bits: int, seed: int = 0, **unknown: Any) -> None:
+        super().__init__(bits, seed, **unknown)  # unknown keywords: a clear ConfigError
         self.projection_: np.ndarray | None = None
 
     def _init_dim(self, dim: int) -> None:

@@ -6,6 +6,8 @@ large-scale search", TPAMI 2012, and the "PCA-Direct" baseline of Gong & Lazebni
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.errors import ConfigError
@@ -34,8 +36,8 @@ class PCAH(ShallowHasher):
     paper = "Wang, Kumar, Chang, TPAMI 2012 (PCA baseline)"
     _array_names = ("mean", "components")
 
-    def __init__(self, bits: int, seed: int = 0) -> None:
-        super().__init__(bits, seed)
+    def __init__(self, bits: int, seed: int = 0, **unknown: Any) -> None:
+        super().__init__(bits, seed, **unknown)  # unknown keywords: a clear ConfigError
         self.mean_: np.ndarray | None = None
         self.components_: np.ndarray | None = None
 

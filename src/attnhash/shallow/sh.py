@@ -5,6 +5,8 @@ Weiss, Torralba, Fergus, "Spectral hashing", NIPS 2008 (pp. 1753-1760 of the 200
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.errors import CheckpointError, ConfigError
@@ -33,8 +35,8 @@ class SpectralHashing(ShallowHasher):
     paper = "Weiss, Torralba, Fergus, NIPS 2008"
     _array_names = ("mean", "components", "lower", "upper", "modes")
 
-    def __init__(self, bits: int, seed: int = 0) -> None:
-        super().__init__(bits, seed)
+    def __init__(self, bits: int, seed: int = 0, **unknown: Any) -> None:
+        super().__init__(bits, seed, **unknown)  # unknown keywords: a clear ConfigError
         self.mean_: np.ndarray | None = None
         self.components_: np.ndarray | None = None
         self.lower_: np.ndarray | None = None

@@ -5,6 +5,8 @@ Heo, Lee, He, Chang, Yoon, "Spherical hashing", CVPR 2012, pp. 2957-2964.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attnhash.errors import CheckpointError
@@ -51,8 +53,9 @@ class SphericalHashing(ShallowHasher):
         eps_mean: float = 0.10,
         eps_std: float = 0.15,
         init_points: int = 5,
+        **unknown: Any,
     ) -> None:
-        super().__init__(bits, seed)
+        super().__init__(bits, seed, **unknown)
         self.sample_size = check_int(self.name, "sample_size", sample_size, minimum=4)
         self.max_iter = check_int(self.name, "max_iter", max_iter, minimum=0)
         self.eps_mean = check_float(self.name, "eps_mean", eps_mean, 0.0, 1.0)
