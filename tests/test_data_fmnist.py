@@ -35,6 +35,9 @@ def test_fashion_mnist_contents(fmnist):
     assert fmnist.labels[:3].argmax(1).tolist() == [9, 0, 0]
     assert fmnist.item_ref(123) == "dataset:fmnist#123"
     np.testing.assert_array_equal(open_item_ref("dataset:fmnist#123"), fmnist.image(123))  # opens it by name
+    ref = load_fashion_mnist(FOLDER).item_ref(5)  # an explicit folder travels with the reference
+    assert ref == f"dataset:fmnist@{os.path.abspath(FOLDER)}#5"
+    np.testing.assert_array_equal(open_item_ref(ref), fmnist.image(5))
 
 
 def test_fashion_mnist_protocol_split(fmnist, tmp_path):

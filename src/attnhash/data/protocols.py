@@ -97,18 +97,20 @@ def _nuswide(n_classes: int, n_query: int, n_train: int, protocol: str):
         order = np.lexsort((np.arange(c_all), -freq))  # most frequent first, ties by column index
         classes = np.sort(order[:n_classes]).astype(np.int64)
         kept = labels[:, classes].any(axis=1)
-        is_query = np.zeros(len(source), dtype=bool)
-        is_train = np.zeros(len(source), dtype=bool)
-        for role, mask, count, allowed in (("query", is_query, n_query, kept),
-                                            ("train", is_train, n_train, None)):
+        def draw(role: str, count: int, available: np.ndarray) -> np.ndarray:
+            """Per class in column order, `count` items having that label among those still available."""
+            drawn = np.zeros(len(source), dtype=bool)
             for c in classes:
-                pool = kept & ~is_query if allowed is None else allowed
-                candidates = np.flatnonzero(pool & (labels[:, c] != 0) & ~mask)
+                candidates = np.flatnonzero(available & ~drawn & (labels[:, c] != 0))
                 if candidates.size < count:
                     raise DataError(
                         f"{source.name}: class {_class_label(source, int(c))} has {candidates.size} images left "
                         f"to draw as {role}, protocol {protocol} needs {count} per class")
-                mask[rng.choice(candidates, size=count, replace=False)] = True
+                drawn[rng.choice(candidates, size=count, replace=False)] = True
+            return drawn
+
+        is_query = draw("query", n_query, kept)
+        is_train = draw("train", n_train, kept & ~is_query)
         database = np.flatnonzero(kept & ~is_query)
         return np.flatnonzero(is_query), np.flatnonzero(is_train), database, classes
 
