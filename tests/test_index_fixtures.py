@@ -92,3 +92,45 @@ def foolbox_images() -> list[str]:
         return []
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                   if f.lower().endswith((".png", ".jpg", ".jpeg")) and not f.startswith(("mnist", "fashion")))
+
+
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+
+
+def make_tiny_run(run_dir: str, seed: int = 0, bits: int = 16) -> str:
+    """A real run folder (checkpoint + config) of an untrained, seeded 16-bit DPSH ResNet18 at 32x32 pixels.
+
+    Untrained is enough here: the index side needs the real Encoder code path and a real fingerprint, not
+    good codes, and saving a fresh network takes a second where training one takes tens.
+    """
+    import torch
+
+    from attnhash.checkpoint import save_checkpoint
+    from attnhash.config import build_config
+    from attnhash.methods.base import create_method
+
+    torch.manual_seed(seed)
+    cfg = build_config("dpsh", overrides=[f"model.bits={bits}", "model.backbone=resnet18", "model.weights=none",
+                                          "data.image_size=32", "data.dataset=fmnist"])
+    method = create_method("dpsh", cfg.method.params, bits, num_classes=10, num_train=0)
+    network = method.build_network(cfg.model)
+    os.makedirs(run_dir, exist_ok=True)
+    save_checkpoint(run_dir, network.state_dict(), cfg, {"num_classes": 10, "class_names": FMNIST_CLASSES})
+    return run_dir
+
+
+def write_image_folder(folder: str, n: int = 40, start: int = 0) -> list[str]:
+    """Real Fashion-MNIST images as PNG files in class folders (folder/<class>/<i>.png); returns the paths."""
+    data = fmnist_images(start + n)
+    if data is None:
+        return []
+    images, labels = data
+    paths = []
+    for i in range(start, start + n):
+        sub = os.path.join(folder, f"c{labels[i]}")
+        os.makedirs(sub, exist_ok=True)
+        path = os.path.join(sub, f"{i:05d}.png")
+        Image.fromarray(images[i]).save(path)
+        paths.append(path)
+    return paths
