@@ -178,7 +178,8 @@ def test_itq_rotation_beats_plain_pca_codes(cluster_map):
 def test_accepts_float32_and_integer_features(fitted, clusters):
     hasher = fitted["itq"]
     x = clusters[3]
-    np.testing.assert_array_equal(hasher.encode(x.astype(np.float32)), hasher.encode(x.astype(np.float32).astype(np.float64)))
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(hasher.encode(x32), hasher.encode(x32.astype(np.float64)))
     pixels = np.random.default_rng(0).integers(0, 256, (300, 20), dtype=np.uint8)
     itq = ITQ(16).fit(pixels)
     np.testing.assert_array_equal(itq.encode(pixels), itq.encode(pixels.astype(np.float64)))
