@@ -17,9 +17,12 @@ _SHOW = 3  # how many offending keys an error message lists
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict saved with torch.save (plain, or wrapped under "state_dict"/"model")."""
+    if not str(path).strip():
+        raise CheckpointError("weights file path is empty")
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"weights file {p} does not exist" if not p.exists() else f"weights file {p} is not a file")
+        problem = "is not a file" if p.exists() else "does not exist"
+        raise CheckpointError(f"weights file {p} {problem}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a usable weights file"
