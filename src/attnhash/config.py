@@ -41,6 +41,7 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "auto"  # auto | imagenet | none | PATH to a state dict
     freeze: str | None = None  # freeze the backbone up to and including this stage ("all" = whole backbone)
+    output_stride: int = 32  # 16: the last downsampling is skipped, a larger final map for attention
     bits: int = 64
     attention: str | None = None  # attention module name (see attnhash.models.attention)
     attention_placement: str = "output"  # output: on the last feature map | blocks: inside every residual block
@@ -69,7 +70,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
-    cache_frozen: bool = True  # run the frozen backbone stages once and train on their cached outputs
+    # Frozen backbone stages run once and training uses their cached output: "memory" (this run's training
+    # images), "disk" (every image of the dataset, shared by all runs with the same frozen prefix, also used
+    # to encode the query and database sets), or "off".
+    frozen_cache: str = "memory"
     amp: str = "none"  # none | bf16 (autocast; faster on CPUs with AMX and on GPUs)
     select: str = "last"  # last: keep the last epoch | val: keep the best epoch on a held-out part of train
     val_fraction: float = 0.1
@@ -169,6 +173,7 @@ def _coerce(cfg: RunConfig) -> None:
         "optim.schedule": (cfg.optim.schedule, ("constant", "step", "cosine")),
         "train.select": (cfg.train.select, ("last", "val")),
         "train.amp": (cfg.train.amp, ("none", "bf16")),
+        "train.frozen_cache": (cfg.train.frozen_cache, ("memory", "disk", "off")),
         "model.attention_placement": (cfg.model.attention_placement, ("output", "blocks")),
     }
     for name, (value, allowed) in choices.items():

@@ -45,16 +45,17 @@ def build_code_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
 
 @torch.no_grad()
 def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False, total=None,
-                       progress: bool = False, desc: str = "encode") -> np.ndarray:
-    """Run the model over batches of uint8 images and return {-1,+1} int8 codes, sign(0) = +1."""
+                       progress: bool = False, desc: str = "encode", start_stage: int = 0) -> np.ndarray:
+    """Run the model over batches (uint8 images, or stage outputs when start_stage > 0) and return
+    {-1,+1} int8 codes, sign(0) = +1."""
     model.eval()
     out = []
-    for images in tqdm(batches, total=total, disable=None if progress else True, desc=desc, unit="batch", leave=False):
-        images = images.to(device, non_blocking=True)
+    for x in tqdm(batches, total=total, disable=None if progress else True, desc=desc, unit="batch", leave=False):
+        x = x.to(device, non_blocking=True)
         if device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            z = model(images)["z"].float()
+            z = model(x, start_stage=start_stage)["z"].float()
         out.append(torch.where(z >= 0, 1, -1).to(torch.int8).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.int8)
 
@@ -120,15 +121,37 @@ class Encoder:
         )
         return pack_codes(codes_from_batches(self.model, batches, self.device))
 
-    def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-        """Items of an ImageSource (all, or the given indices) -> packed codes, in that order."""
+    def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True,
+                      use_stage_cache: bool = False) -> np.ndarray:
+        """Items of an ImageSource (all, or the given indices) -> packed codes, in that order.
+
+        use_stage_cache: when the run was trained with train.frozen_cache=disk, read its frozen stages'
+        output from the shared disk cache (computing what is missing) instead of running them again.
+        """
         indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-        return pack_codes(encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress))
+        cached = 0
+        if use_stage_cache and self.config.train.frozen_cache == "disk":
+            cached = int(self.meta.get("frozen_stages", 0))
+        return pack_codes(encode_indices(self.model, source, indices, self.image_size, self.device, batch_size,
+                                         progress, cached_stages=cached))
 
 
 def encode_indices(model, source, indices, image_size: int, device: torch.device, batch_size: int = 256,
-                   progress: bool = False, amp: bool = False, desc: str = "encode") -> np.ndarray:
-    """{-1,+1} codes of source items `indices` through `model` (used by the trainer and the encoder)."""
+                   progress: bool = False, amp: bool = False, desc: str = "encode",
+                   cached_stages: int = 0) -> np.ndarray:
+    """{-1,+1} codes of source items `indices` through `model` (used by the trainer and the encoder).
+
+    cached_stages > 0: take the output of the model's first frozen stages from the disk stage cache
+    (attnhash.stagecache) and run only the rest of the network.
+    """
+    if cached_stages > 0:
+        from attnhash.stagecache import stage_outputs
+
+        feats = stage_outputs(model, source, indices, image_size, cached_stages, device, progress=progress)
+        batches = (feats[s : s + batch_size] for s in range(0, len(feats), batch_size))
+        total = -(-len(feats) // batch_size)
+        return codes_from_batches(model, batches, device, amp=amp, total=total, progress=progress, desc=desc,
+                                  start_stage=cached_stages)
     dataset = ImageDataset(source, indices, image_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     batches = (b["image"] for b in loader)

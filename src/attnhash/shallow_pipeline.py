@@ -58,33 +58,48 @@ class ShallowCodeModel(nn.Module):
         self._hasher = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
-        return self.backbone.pool(self.backbone.forward_features(x))
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(images).float().cpu().numpy()
+    def features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
+        """Pooled backbone features of uint8 images, or of stage outputs when start_stage > 0."""
+        if start_stage == 0:
+            x = self.normalize(x)
+        return self.backbone.pool(self.backbone.forward_features(x, start=start_stage))
+
+    def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
+        feats = self.features(x, start_stage).float().cpu().numpy()
         codes = self.hasher().encode(feats)
         return {"z": torch.from_numpy(codes.astype(np.float32))}
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, source, indices, image_size: int, device, batch_size: int = 256,
-                     progress: bool = False) -> np.ndarray:
-    """Pooled backbone features (n, D) of source items, in order."""
+def extract_features(model: ShallowCodeModel, source, indices, image_size: int, device, batch_size: int = 256,
+                     progress: bool = False, disk_cache: bool = False) -> np.ndarray:
+    """Pooled backbone features (n, D) of source items, in order. With disk_cache, the backbone's output maps
+    come from (and go to) the shared stage cache, so every shallow method on this backbone reuses them."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from attnhash.data import ImageDataset
+    from attnhash.stagecache import stage_outputs
 
-    model = ShallowCodeModel(backbone, "", {}).to(device).eval()
-    loader = DataLoader(ImageDataset(source, indices, image_size), batch_size=batch_size, shuffle=False)
+    model = model.to(device).eval()
+    n_stages = len(model.backbone.stages())
+    if disk_cache:
+        maps = stage_outputs(model, source, indices, image_size, n_stages, device, batch_size, progress)
+        batches = (maps[s : s + batch_size] for s in range(0, len(maps), batch_size))
+        start = n_stages
+    else:
+        loader = DataLoader(ImageDataset(source, indices, image_size), batch_size=batch_size, shuffle=False)
+        batches = (b["image"] for b in tqdm(loader, disable=None if progress else True, desc="features", leave=False))
+        start = 0
     out = []
-    for batch in tqdm(loader, disable=None if progress else True, desc="features", leave=False):
-        x = batch["image"].to(device)
+    for x in batches:
+        x = x.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model.features(x).float().cpu())
+        out.append(model.features(x, start).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -93,11 +108,13 @@ def fit_shallow(cfg: RunConfig, data, run_dir: Path, device, log=print, progress
     from attnhash.train import TrainResult
 
     t0 = time.time()
-    backbone = create_backbone(cfg.model.backbone, weights=cfg.model.weights).to(device).eval()
+    backbone = create_backbone(cfg.model.backbone, weights=cfg.model.weights).eval()
+    backbone.freeze("all")  # the features are fixed: shallow methods learn only on top of them
     if device.type == "cpu":
         backbone.to(memory_format=torch.channels_last)
-    feats = extract_features(backbone, data.source, data.train, cfg.data.image_size, device,
-                             cfg.eval.batch_size, progress)
+    disk = cfg.train.frozen_cache == "disk"
+    feats = extract_features(ShallowCodeModel(backbone, "", {}), data.source, data.train, cfg.data.image_size,
+                             device, cfg.eval.batch_size, progress, disk_cache=disk)
     t1 = time.time()
     hasher = create_shallow(cfg.method.name, cfg.model.bits, seed=cfg.train.seed, **cfg.method.params)
     hasher.fit(feats)
@@ -112,6 +129,7 @@ def fit_shallow(cfg: RunConfig, data, run_dir: Path, device, log=print, progress
         "protocol": cfg.data.protocol,
         "split_file": data.split_path,
         "hasher_arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in state.items()},
+        "frozen_stages": len(backbone.stages()),
         "feature_seconds": round(t1 - t0, 2),
         "train_seconds": round(fit_seconds, 2),
         "total_seconds": round(time.time() - t0, 2),

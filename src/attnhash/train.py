@@ -3,7 +3,8 @@ feeds batches to the method's `training_step`, calls its hooks, logs, and saves 
 
 CPU economy: when the first backbone stages are frozen (model.freeze) and training images are not
 augmented, their output is the same at every epoch, so it is computed once and training runs on the
-cached feature maps (train.cache_frozen). This is exact, not an approximation: frozen stages run in eval
+cached feature maps (train.frozen_cache: "memory" for this run, "disk" shared by every run with the same
+frozen prefix, see attnhash.stagecache). This is exact, not an approximation: frozen stages run in eval
 mode (fixed BatchNorm statistics, no dropout).
 """
 
@@ -32,6 +33,7 @@ from attnhash.errors import ConfigError
 from attnhash.evaluate.metrics import mean_average_precision
 from attnhash.methods.base import TrainContext, create_method, method_class
 from attnhash.rundata import RunData, prepare_data
+from attnhash.stagecache import stage_outputs
 
 CACHE_LIMIT_BYTES = 6 << 30  # above this, frozen features are recomputed each epoch instead of cached
 
@@ -100,8 +102,13 @@ class TrainBatches:
         self.start_stage = 0
         self.cache = None
         frozen = network.backbone.frozen_stages
-        if cfg.train.cache_frozen and frozen > 0 and not cfg.data.augment:
-            self.cache = self._cache_frozen(network, frozen, log, progress)
+        mode = cfg.train.frozen_cache
+        if mode != "off" and frozen > 0 and not cfg.data.augment:
+            if mode == "disk":
+                self.cache = stage_outputs(network, data.source, indices, cfg.data.image_size, frozen, device,
+                                           progress=progress, log=log).to(device)
+            else:
+                self.cache = self._cache_frozen(network, frozen, log, progress)
             if self.cache is not None:
                 self.start_stage = frozen
 
@@ -138,6 +145,8 @@ class TrainBatches:
                 continue  # a batch of one breaks BatchNorm and pairwise losses
             if self.cache is not None:
                 x = self.cache[idx.to(self.cache.device)]
+                if self.device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
             else:
                 x = torch.stack([self.dataset[int(i)]["image"] for i in idx])
                 if self.cfg.data.augment:

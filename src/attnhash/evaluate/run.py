@@ -37,9 +37,8 @@ def encode_split(run_dir: str | Path, encoder: Encoder | None = None, data: RunD
             pass  # an unreadable cache is simply rebuilt
     data = data or prepare_data(encoder.config.data)
     t0 = time.time()
-    query = encoder.encode_source(data.source, data.query, progress=progress)
-    t1 = time.time()
-    database = encoder.encode_source(data.source, data.database, progress=progress)
+    query = encoder.encode_source(data.source, data.query, progress=progress, use_stage_cache=True)
+    database = encoder.encode_source(data.source, data.database, progress=progress, use_stage_cache=True)
     t2 = time.time()
     out = {
         "query_codes": query,

@@ -95,6 +95,10 @@ def build_network(cfg: ModelConfig, num_classes: int = 0) -> HashingNetwork:
                 return create_attention(cfg.attention, channels, **args)
 
     kwargs = {"block_attention": block_attention} if block_attention is not None else {}
+    if cfg.output_stride != 32:
+        if not (cfg.backbone.startswith("resnet") or cfg.backbone.startswith("efficientnet")):
+            raise ConfigError(f"model.output_stride={cfg.output_stride} is not available for {cfg.backbone}")
+        kwargs["output_stride"] = cfg.output_stride
     backbone = create_backbone(cfg.backbone, weights=cfg.weights, **kwargs)
     if cfg.attention and cfg.attention_placement == "output":
         attention = create_attention(cfg.attention, backbone.out_channels, **cfg.attention_args)

@@ -144,9 +144,14 @@ class EfficientNetLite(Backbone):
 
     def __init__(
         self, variant: str = "lite0", num_classes: int | None = None, drop_connect_rate: float = 0.2,
-        dropout: float | None = None,
+        dropout: float | None = None, output_stride: int = 32,
     ) -> None:
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.output_stride = output_stride
+        # The stride-2 groups are 1, 2, 3 and 5 (0-based); a smaller output stride makes the last ones stride 1.
+        stride_one = {5} if output_stride == 16 else {3, 5} if output_stride == 8 else set()
         if variant not in VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {', '.join(VARIANTS)}")
         width, depth, self.resolution, default_dropout = VARIANTS[variant]
@@ -157,6 +162,7 @@ class EfficientNetLite(Backbone):
 
         specs: list[tuple[int, int, int, int, int, int]] = []  # (group, cin, cout, k, stride, expand)
         for g, (reps, k, s, e, cin, cout) in enumerate(_GROUPS):
+            s = 1 if g in stride_one else s
             first_or_last = g in (0, len(_GROUPS) - 1)
             reps = reps if first_or_last else round_repeats(reps, depth)
             cin = 32 if g == 0 else round_filters(cin, width)
@@ -189,6 +195,9 @@ class EfficientNetLite(Backbone):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, output_stride={self.output_stride}"
 
     def _build_stages(self) -> list[nn.Module]:
         stem = StageView(self._conv_stem, self._bn0, self.act)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from attnhash.errors import ConfigError
+
 from attnhash.models.backbones.base import Backbone, StageView, kaiming_init_
 
 BlockAttention = Callable[[int], nn.Module]
@@ -95,9 +97,13 @@ class ResNet(Backbone):
         num_classes: int | None = None,
         block_attention: BlockAttention | None = None,
         zero_init_residual: bool = False,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ConfigError(f"{name}: output_stride must be 8, 16 or 32, got {output_stride}")
         self.name = name
+        self.output_stride = output_stride
         self._block_attention = block_attention
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -106,8 +112,10 @@ class ResNet(Backbone):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        # A smaller output stride keeps the last stages at a higher resolution (no weights change), so small
+        # CPU-sized inputs still leave a spatial map for attention: 64 px -> 4x4 at stride 16.
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2 if output_stride > 8 else 1)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2 if output_stride > 16 else 1)
         width = 512 * block.expansion
         self.stage_channels = (64, 64 * block.expansion, 128 * block.expansion, 256 * block.expansion, width)
         self.out_channels = width
@@ -136,6 +144,9 @@ class ResNet(Backbone):
             mods.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None, att))
             self.inplanes = planes * block.expansion
         return nn.Sequential(*mods)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, output_stride={self.output_stride}"
 
     def _build_stages(self) -> list[nn.Module]:
         stem = StageView(self.conv1, self.bn1, self.relu, self.maxpool)

@@ -1,0 +1,115 @@
+"""Outputs of frozen backbone stages, computed once and kept on disk for every run that shares them.
+
+When the first stages of a backbone are frozen, their output for an image depends only on the image, the
+input size and those stages' weights. Benchmark grids train dozens of runs on the same frozen prefix, so
+attnhash computes the prefix once per dataset and stores it as a memory-mapped array; each run then
+trains and encodes through the remaining stages only. The key hashes everything the output depends on
+(the source's fingerprint, the input size, the backbone's structure and the frozen weights themselves),
+so a cache can never be reused for a network it does not belong to.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from attnhash.checkpoint import atomic_write
+
+
+def cache_root() -> Path:
+    base = os.environ.get("ATTNHASH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attnhash")
+    return Path(base) / "stages"
+
+
+def prefix_key(network, source, image_size: int, n_stages: int) -> str:
+    """What the output of stages[:n_stages] depends on, hashed."""
+    h = hashlib.sha256()
+    h.update(source.fingerprint().encode())
+    backbone = network.backbone
+    h.update(f"|{image_size}|{n_stages}|{type(backbone).__name__}|{getattr(backbone, 'output_stride', 32)}|".encode())
+    h.update(repr(network.backbone.stages()[:n_stages]).encode())  # structure, incl. strides and block attention
+    for stage in network.backbone.stages()[:n_stages]:
+        for name, t in sorted(stage.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(network.mean.cpu().numpy().tobytes() + network.std.cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # two runs filling the same cache take turns
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@torch.no_grad()
+def _run_prefix(network, images: torch.Tensor, n_stages: int, device) -> torch.Tensor:
+    x = network.normalize(images.to(device))
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for stage in network.backbone.stages()[:n_stages]:
+        x = stage(x)
+    return x.float().cpu()
+
+
+def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stages: int, device,
+                  batch_size: int = 256, progress: bool = True, log=print) -> torch.Tensor:
+    """Outputs of the first `n_stages` stages for source items `indices`, from the disk cache, computing
+    (and storing) the rows that are not there yet. Returns a float32 tensor (len(indices), C, h, w)."""
+    from attnhash.data import ImageDataset
+
+    key = prefix_key(network, source, image_size, n_stages)
+    folder = cache_root() / key
+    indices = np.asarray(indices, dtype=np.int64)
+    was_training = network.training
+    network.eval()
+    with _locked(folder / "lock"):
+        meta_path, data_path, done_path = folder / "meta.json", folder / "features.npy", folder / "done.npy"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            shape = tuple(meta["shape"])
+            feats = np.load(data_path, mmap_mode="r+")
+            done = np.load(done_path)
+        else:
+            probe = _run_prefix(network, ImageDataset(source, indices[:1], image_size)[0]["image"][None], n_stages, device)
+            shape = (len(source), *probe.shape[1:])
+            folder.mkdir(parents=True, exist_ok=True)
+            feats = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=shape)
+            done = np.zeros(len(source), dtype=bool)
+            meta_path.write_text(json.dumps({"shape": list(shape), "source": getattr(source, "name", ""),
+                                             "image_size": image_size, "n_stages": n_stages}))
+        todo = np.unique(indices[~done[indices]])
+        if len(todo):
+            loader = DataLoader(ImageDataset(source, todo, image_size), batch_size=batch_size, shuffle=False)
+            pos = 0
+            for batch in tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
+                              disable=None if progress else True):
+                out = _run_prefix(network, batch["image"], n_stages, device).numpy()
+                feats[todo[pos : pos + len(out)]] = out
+                pos += len(out)
+            feats.flush()
+            done[todo] = True
+            atomic_write(done_path, lambda tmp: _save_npy(tmp, done))  # marked done only after the rows are flushed
+            log(f"stage cache {folder}: computed {len(todo)} items ({feats.nbytes / 2**20:.0f} MiB in all)")
+        result = torch.from_numpy(np.ascontiguousarray(feats[indices]))
+    network.train(was_training)
+    return result

@@ -1,0 +1,107 @@
+"""Shared fixtures: real Fashion-MNIST samples, a quick method-training harness, a tiny trained run."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+FMNIST_DIR = os.environ.get("ATTNHASH_FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Split files and feature caches of tests never land in the user's cache folder."""
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """The real Fashion-MNIST (70,000 images) as an ImageSource; skipped when the Debian package is absent."""
+    if not os.path.isdir(FMNIST_DIR):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    from attnhash.data import load_fashion_mnist
+
+    return load_fashion_mnist(FMNIST_DIR)
+
+
+def fmnist_batches(source, n_batches: int = 3, batch_size: int = 24, image_size: int = 64, seed: int = 0):
+    """A few fixed batches of real images, in the trainer's batch format (input, label, index)."""
+    from attnhash.data import ImageDataset
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(60000, size=n_batches * batch_size, replace=False))
+    ds = ImageDataset(source, idx, image_size)
+    labels = torch.from_numpy(np.asarray(source.labels)[idx].astype(np.float32))
+    images = torch.stack([ds[i]["image"] for i in range(len(idx))])
+    batches = []
+    for b in range(n_batches):
+        s = slice(b * batch_size, (b + 1) * batch_size)
+        batches.append({"input": images[s], "label": labels[s], "index": torch.arange(len(idx))[s],
+                        "start_stage": 0})
+    return batches, labels
+
+
+def train_steps(method_name: str, source, steps: int = 12, bits: int = 32, backbone: str = "resnet18",
+                image_size: int = 64, params: dict | None = None, model: dict | None = None,
+                optim: dict | None = None, ablate=(), n_batches: int = 3, batch_size: int = 24, epochs: int = 1,
+                seed: int = 0):
+    """Run a method's own training_step on a few real batches; returns (losses per step, method, network).
+
+    Goes through the same hooks as the trainer (setup, on_epoch_start, training_step) so a method's test
+    exercises its real code path, only on a handful of images so it takes seconds.
+    """
+    from attnhash.config import build_config
+    from attnhash.methods.base import TrainContext, create_method
+    from attnhash.train import make_optimizer
+
+    torch.manual_seed(seed)
+    overrides = [f"model.bits={bits}", f"model.backbone={backbone}", "model.weights=none"]
+    for section, values in (("model", model or {}), ("optim", optim or {})):
+        overrides += [f"{section}.{k}={v}" for k, v in values.items()]
+    cfg = build_config(method_name, overrides=overrides)
+    cfg.method.params.update(params or {})
+    batches, labels = fmnist_batches(source, n_batches, batch_size, image_size, seed)
+    method = create_method(method_name, cfg.method.params, bits, num_classes=labels.shape[1],
+                           num_train=len(labels), ablate=tuple(ablate))
+    network = method.build_network(cfg.model)
+    network.backbone.freeze(cfg.model.freeze)
+    optimizer = make_optimizer(cfg, method.trainable_parameters(network))
+    if not method.supervised:
+        batches = [{k: v for k, v in b.items() if k != "label"} for b in batches]
+    ctx = TrainContext(
+        network=network,
+        forward=lambda b: network(b["input"], start_stage=b.get("start_stage", 0)),
+        optimizer=optimizer,
+        train_labels=labels if method.supervised else None,
+        num_train=len(labels),
+        epochs=epochs,
+        device=torch.device("cpu"),
+        train_loader=batches,
+        steps_per_epoch=len(batches),
+        log=lambda msg: None,
+    )
+    method.setup(ctx)
+    losses = []
+    step = 0
+    for epoch in range(epochs):
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        network.train()
+        for _ in range(max(1, steps // epochs)):
+            parts = method.training_step(batches[step % len(batches)], ctx)
+            ctx.step += 1
+            step += 1
+            losses.append(parts["loss"])
+    return losses, method, network
+
+
+@pytest.fixture
+def quick_train():
+    return train_steps
