@@ -16,6 +16,7 @@ from PIL import Image
 from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index
 from attnhash.serve import BackgroundServer, create_app
+from attnhash.serve.app import MicroBatcher
 
 from test_index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
 
@@ -226,3 +227,42 @@ def test_real_encoder_end_to_end(tmp_path):
         hits = client.post("/api/search", files={"image": ("q.png", f.read(), "image/png")},
                            data={"k": "5"}).json()["results"]
     assert hits[0]["distance"] == 0 and paths[4] in [h["path"] for h in hits if h["distance"] == 0]
+
+
+def test_micro_batcher_batches_concurrent_requests_and_routes_results():
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def encode(images):
+        gate.wait(5)  # hold the first pass so the other requests queue up behind it
+        if any(int(im[0, 0]) == 255 for im in images):
+            raise ValueError("bad image")
+        sizes.append(len(images))
+        return np.array([[int(im[0, 0])] for im in images], dtype=np.uint8)
+
+    batcher = MicroBatcher(encode, max_batch=8)
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = batcher([np.full((2, 2), i, np.uint8), np.full((2, 2), i + 100, np.uint8)])
+        except ValueError as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    while sum(len(p.images) for p in batcher._queue) < 22:  # all but the running one are queued
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join()
+    for i in range(12):
+        assert results[i].tolist() == [[i], [i + 100]]  # each caller gets its own rows
+    assert sum(sizes) == 24 and max(sizes) == 8 and len(sizes) <= 5  # 1 + ceil(22 / 8) passes
+    # an error reaches the callers of its batch only; the batcher keeps working
+    bad = threading.Thread(target=call, args=(155,))
+    bad.start()
+    bad.join()
+    assert isinstance(results[155], ValueError)
+    assert batcher([np.full((2, 2), 7, np.uint8)]).tolist() == [[7]]

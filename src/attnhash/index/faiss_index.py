@@ -4,13 +4,15 @@
   labels are insertion positions, so ties come out in insertion order, as in the reference.
 - removal: `IndexBinaryFlat.remove_ids` compacts the code array in place, keeping order, so positions stay
   dense and ties stay in insertion order (O(n) per call, batched removals cost one pass).
-- radius search: a hash-table index built on first use and kept up to date on adds (dropped on removal):
-  `IndexBinaryMultiHash` (the code cut into `nhash` disjoint b-bit pieces, which for 64 or more bits shares
-  the flat index's code storage) or `IndexBinaryHash` (one table on the whole code, shorter codes). Both are
-  exact when every bucket within the right number of flipped bits is probed: with the code split into
-  nhash pieces, an item within distance r differs from the query in at most floor(r / nhash) bits of some
-  piece (pigeonhole), so nflip = r // nhash; with one table on all bits, nflip = r. A cost model picks the
-  hash tables or a flat range scan per query batch, whichever reads less (the flat scan wins for large radii).
+- radius search: hash tables built on first use and kept up to date on adds (dropped on removal):
+  `IndexBinaryMultiHash` for 64 bits and more (the code cut into `nhash` disjoint b-bit pieces; it shares the
+  flat index's code storage) or `IndexBinaryHash` (one table on the first b bits) for shorter codes. Both
+  are exact when every bucket within the right number of flipped bits is probed: an item within distance r
+  of the query differs in at most floor(r / nhash) bits of some piece (pigeonhole; bits outside the pieces
+  only lower that count), so nflip = r // nhash; with one table on b bits, nflip = r. The piece width b is
+  chosen when the tables are built to minimise the expected work of a radius-2 query at the current size
+  (few probes, small buckets: 3 x 21 bits for 1e7 64-bit codes), and a cost model picks the tables or a
+  flat range scan per query batch, whichever reads less (the flat scan wins for large radii).
   FAISS's range_search keeps distances strictly below its threshold, so it is given radius + 1.
 """
 
@@ -27,23 +29,31 @@ from attnhash.index.base import LocalIndex, sort_range_hits
 
 __all__ = ["FaissIndex", "hash_layout"]
 
-# Rough per-operation costs (ns) measured on the development machine, used only to choose a plan.
-_NS_PER_PROBE = 100.0
-_NS_PER_CANDIDATE = 5.0
-_NS_PER_FLAT_BYTE = 0.06  # a flat scan reads ~0.5 ns per 64-bit code per query
+# Rough per-operation costs (ns) on the development machine, used only to choose layouts and plans.
+_NS_PER_PROBE = 100.0  # one hash-table lookup
+_NS_PER_CANDIDATE = 10.0  # fetch a candidate's code, dedupe, compare
+_NS_PER_FLAT_BYTE = 0.03  # a flat scan reads ~0.25 ns per 64-bit code per query
 _MIN_HASH_N = 20_000  # below this a flat scan is always fast enough
+_DESIGN_RADIUS = 2  # the radius the table layout is tuned for (P@H<=2 is the field's usual query)
 
 
-def hash_layout(bits: int) -> tuple[str, int, int]:
-    """("multihash", nhash, b) for codes of 64 bits and more, ("hash", 1, bits) for shorter ones.
+def _hash_cost_ns(n: int, nhash: int, b: int, nflip: int) -> float:
+    probes = nhash * sum(math.comb(b, i) for i in range(min(nflip, b) + 1))
+    return probes * _NS_PER_PROBE + probes * n / 2.0**b * _NS_PER_CANDIDATE
 
-    The pieces of a multi-hash cover every bit exactly once (nhash * b == bits) so the pigeonhole bound holds.
-    """
+
+def hash_layout(bits: int, n: int = 1 << 20, radius: int = _DESIGN_RADIUS) -> tuple[str, int, int]:
+    """(kind, nhash, b): "multihash" with nhash pieces of b bits for codes of 64 bits and more, "hash" (one
+    table on b bits) for shorter codes; b minimises the expected cost of a `radius` query over n codes."""
+    n = max(n, 1 << 16)
     if bits >= 64:
-        for b in sorted(range(8, 25), key=lambda b: (abs(b - 16), b)):
-            if bits % b == 0:
-                return "multihash", bits // b, b
-    return "hash", 1, bits
+        options = [(bits // b, b, radius // (bits // b)) for b in range(8, min(32, bits // 2) + 1)]
+        kind = "multihash"
+    else:
+        options = [(1, b, radius) for b in range(min(8, bits), min(32, bits) + 1)]
+        kind = "hash"
+    nhash, b, _ = min(options, key=lambda o: (_hash_cost_ns(n, *o), o[1]))
+    return kind, nhash, b
 
 
 class FaissIndex(LocalIndex):
@@ -56,6 +66,7 @@ class FaissIndex(LocalIndex):
         self._flat = faiss.IndexBinaryFlat(self.bits)
         self._hash: Any = None  # IndexBinaryMultiHash / IndexBinaryHash, built on first radius search
         self._kind, self._nhash, self._b = hash_layout(self.bits)
+        self._hash_n = 0  # size when the tables were built: they are re-laid out after 4x growth
         self._hash_lock = threading.Lock()  # concurrent radius queries may race to build the tables
 
     # ---- storage hooks ------------------------------------------------------------------------------
@@ -69,15 +80,20 @@ class FaissIndex(LocalIndex):
             self._hash.add(codes)
 
     def _compact_codes(self, keep: np.ndarray) -> None:
-        removed = np.flatnonzero(~keep).astype(np.int64)
         if self._hash is not None and self._kind == "multihash":
-            # the flat storage belongs to the multi-hash index: move the codes to a fresh flat index first
-            flat = faiss.IndexBinaryFlat(self.bits)
-            flat.add(np.ascontiguousarray(self._codes_view()[keep]))
-            self._flat = flat
+            self._drop_hash(keep)
         else:
-            self._flat.remove_ids(faiss.IDSelectorBatch(removed))
-        self._hash = None  # the hash tables have no removal: rebuilt on the next radius search
+            self._flat.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep).astype(np.int64)))
+            self._hash = None  # the hash tables have no removal: rebuilt on the next radius search
+
+    def _drop_hash(self, keep: np.ndarray | None = None) -> None:
+        """Forget the hash tables; a multi-hash index owns the code storage, so move the codes out first."""
+        if self._hash is not None and self._kind == "multihash":
+            codes = self._codes_view()
+            flat = faiss.IndexBinaryFlat(self.bits)
+            flat.add(np.ascontiguousarray(codes if keep is None else codes[keep]))
+            self._flat = flat
+        self._hash = None
 
     def _codes_view(self) -> np.ndarray:
         n = self._flat.ntotal
@@ -86,32 +102,34 @@ class FaissIndex(LocalIndex):
         return faiss.rev_swig_ptr(self._flat.xb.data(), n * self.code_size).reshape(n, self.code_size)
 
     def memory_bytes(self) -> int:
-        """ids + metadata + the flat codes (+ the hash tables' id lists when built, estimated)."""
+        """ids + metadata + the flat codes (+ the hash tables' id lists when built, a lower bound)."""
         total = super().memory_bytes() + self._flat.xb.size()
         if self._hash is not None:
             n = self._flat.ntotal
             total += 8 * n * self._nhash + (0 if self._kind == "multihash" else n * self.code_size)
         return total
 
+    @property
+    def hash_tables(self) -> dict[str, Any] | None:
+        """The radius-search tables' layout, or None while they are not built."""
+        if self._hash is None:
+            return None
+        return {"kind": self._kind, "nhash": self._nhash, "b": self._b, "built_at_n": self._hash_n}
+
     # ---- top-k --------------------------------------------------------------------------------------
     def _search_positions(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._flat.search(q, k)
 
     # ---- radius -------------------------------------------------------------------------------------
-    def _hash_cost_ns(self, radius: int) -> float:
-        n = max(self._flat.ntotal, 1)
-        nflip = radius // self._nhash if self._kind == "multihash" else radius
-        probes = self._nhash * sum(math.comb(self._b, i) for i in range(min(nflip, self._b) + 1))
-        candidates = probes * n / 2.0**self._b
-        return probes * _NS_PER_PROBE + candidates * _NS_PER_CANDIDATE
-
     def range_plan(self, radius: int) -> Literal["hash", "flat"]:
         """Which structure answers a radius query: the hash tables when they read less than a flat scan."""
         n = self._flat.ntotal
         if n < _MIN_HASH_N:
             return "flat"
+        kind, nhash, b = (self._kind, self._nhash, self._b) if self._hash is not None else hash_layout(self.bits, n)
+        nflip = radius // nhash if kind == "multihash" else radius
         flat_ns = n * self.code_size * _NS_PER_FLAT_BYTE
-        return "hash" if self._hash_cost_ns(radius) < 0.5 * flat_ns else "flat"
+        return "hash" if _hash_cost_ns(n, nhash, b, nflip) < 0.5 * flat_ns else "flat"
 
     def build_hash(self) -> None:
         """Build the radius-search hash tables now (otherwise done on the first radius query that uses them)."""
@@ -120,6 +138,8 @@ class FaissIndex(LocalIndex):
                 self._build_hash()
 
     def _build_hash(self) -> None:
+        n = self._flat.ntotal
+        self._kind, self._nhash, self._b = hash_layout(self.bits, n)
         codes = self._codes_view()
         if self._kind == "multihash":
             mh = faiss.IndexBinaryMultiHash(self.bits, self._nhash, self._b)
@@ -131,6 +151,7 @@ class FaissIndex(LocalIndex):
             h = faiss.IndexBinaryHash(self.bits, self._b)
             h.add(codes)
             self._hash = h
+        self._hash_n = n
 
     def _range_positions(self, q: np.ndarray, radius: int, method: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
         plan = self.range_plan(radius) if method == "auto" else method
@@ -138,6 +159,8 @@ class FaissIndex(LocalIndex):
             # nflip is a field of the shared index: build, set and search under one lock so concurrent radius
             # queries with different radii cannot see each other's setting
             with self._hash_lock:
+                if self._hash is not None and self._flat.ntotal > 4 * max(self._hash_n, _MIN_HASH_N):
+                    self._drop_hash()  # grown well past the size the layout was chosen for
                 if self._hash is None:
                     self._build_hash()
                 self._hash.nflip = radius // self._nhash if self._kind == "multihash" else radius

@@ -13,7 +13,8 @@ Endpoints (JSON unless said otherwise; errors are {"detail": "<one line>"} with 
 
 Concurrency: handlers are synchronous and run in the server's thread pool. Searches share a readers-writer
 lock; adds and removes take it exclusively and rewrite the index file atomically before they return. The
-network's forward pass runs under its own lock (torch already uses every core for one batch).
+network runs one forward pass at a time (torch already uses every core for one batch); images that arrive
+while it is busy are encoded together in the next pass (MicroBatcher).
 Uploads: the body is refused with 413 beyond `max_upload_mb` (checked on Content-Length, and counted for
 chunked bodies); a file Pillow cannot verify as PNG/JPEG/GIF/BMP/WebP/TIFF is refused with 415.
 """
@@ -40,7 +41,7 @@ from attnhash.index import Index, open_index
 from attnhash.index import pipeline
 from attnhash.serve.locks import RWLock
 
-__all__ = ["create_app", "SearchService", "BodyLimitMiddleware", "decode_upload", "ALLOWED_FORMATS"]
+__all__ = ["create_app", "SearchService", "MicroBatcher", "BodyLimitMiddleware", "decode_upload", "ALLOWED_FORMATS"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -122,6 +123,73 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
 
+class _Pending:
+    __slots__ = ("images", "codes", "error", "done")
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        self.images = images
+        self.codes: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class MicroBatcher:
+    """Runs the encoder one batch at a time, batching the requests that queue up meanwhile.
+
+    No extra thread: a request that finds the model idle encodes everything queued (up to `max_batch`
+    images) in one forward pass and hands each requester its rows; the others wait. Under load the
+    forward passes grow instead of queueing one image each, which is what lets 16 clients share one model.
+    """
+
+    def __init__(self, encode: Any, max_batch: int = 32) -> None:
+        self._encode = encode
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+        self.batches = 0
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        me = _Pending(images)
+        with self._cond:
+            self._queue.append(me)
+        while True:
+            with self._cond:
+                while not me.done and self._busy:
+                    self._cond.wait()
+                if me.done:
+                    return self._result(me)
+                # the model is idle and this request is still queued: run a batch from the queue's head
+                self._busy = True
+                batch, count = [], 0
+                while self._queue and (not batch or count + len(self._queue[0].images) <= self.max_batch):
+                    batch.append(self._queue.pop(0))
+                    count += len(batch[-1].images)
+            try:
+                codes = self._encode([im for p in batch for im in p.images])
+                start = 0
+                for p in batch:
+                    p.codes = codes[start : start + len(p.images)]
+                    start += len(p.images)
+            except BaseException as err:  # every request of this batch gets the error
+                for p in batch:
+                    p.error = err
+            finally:
+                with self._cond:
+                    for p in batch:
+                        p.done = True
+                    self._busy = False
+                    self.batches += 1
+                    self._cond.notify_all()
+
+    @staticmethod
+    def _result(p: _Pending) -> np.ndarray:
+        if p.error is not None:
+            raise p.error
+        assert p.codes is not None
+        return p.codes
+
+
 class SearchService:
     """The index, the encoder and the locks behind the HTTP handlers (usable without HTTP too)."""
 
@@ -131,7 +199,7 @@ class SearchService:
         self.index_path = str(index_path)
         self.index: Index = open_index(self.index_path, backend=backend)
         self.lock = RWLock()
-        self.model_lock = threading.Lock()
+        self.batcher: MicroBatcher | None = None
         self.persist = persist
         self.max_k = max_k
         self.upload_dir = upload_dir or f"{self.index_path}.uploads"
@@ -148,6 +216,8 @@ class SearchService:
                 self.encoder_error = str(err)
         else:
             self.encoder_error = "the service was started without a model"
+        if self.encoder is not None:
+            self.batcher = MicroBatcher(self.encoder.encode_images)
         self.started = time.time()
         self.counters = {"searches": 0, "added": 0, "removed": 0}
         self._count_lock = threading.Lock()
@@ -158,10 +228,10 @@ class SearchService:
             self.counters[key] += n
 
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
+        """Codes of decoded images through the shared model (batched across concurrent requests)."""
         if self.encoder is None:
             raise HTTPException(503, f"search by image is unavailable: {self.encoder_error}")
-        with self.model_lock:
-            return self.encoder.encode_images(images)
+        return self.batcher(images)
 
     def check_query(self, k: int | None, radius: int | None) -> tuple[int | None, int | None]:
         if k is not None and radius is not None:
@@ -196,7 +266,8 @@ class SearchService:
             "file_bytes": os.path.getsize(self.index_path) if os.path.exists(self.index_path) else None,
             "class_names": self.index.info.get("class_names") or [],
             "model": {"loaded": enc is not None, "run_dir": getattr(enc, "run_dir", None),
-                      "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error},
+                      "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error,
+                      "forward_passes": self.batcher.batches if self.batcher else 0},
             "max_k": self.max_k,
             "uptime_s": round(time.time() - self.started, 1),
             "counters": dict(self.counters),
