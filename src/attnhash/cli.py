@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "attnhash.commands.search",
     "attnhash.commands.serve",
     "attnhash.commands.demo",
+    "attnhash.commands.experiment",
+    "attnhash.commands.methods",
 ]
 
 

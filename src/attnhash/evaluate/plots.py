@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _label(result: dict) -> str:
-    ablated = f" -{'-'.join(result['ablate'])}" if result.get("ablate") else ""
+    if result.get("row"):
+        return f"{result['row']} {result['bits']}b"
+    ablated = f" w/o {'+'.join(result['ablate'])}" if result.get("ablate") else ""
     return f"{result['method']}{ablated} {result['bits']}b"
 
 
@@ -55,7 +57,7 @@ def plot_h2(results: list[dict], path: Path, title: str = "Precision within Hamm
     """One line per method over code lengths, as the papers' P@H=2 figures."""
     by_method: dict[str, list[tuple[int, float]]] = {}
     for r in results:
-        name = r["method"] + (f" -{'-'.join(r['ablate'])}" if r.get("ablate") else "")
+        name = r.get("row") or r["method"] + (f" w/o {'+'.join(r['ablate'])}" if r.get("ablate") else "")
         by_method.setdefault(name, []).append((r["bits"], r["precision_hamming2"]))
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, points in sorted(by_method.items()):

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 
 from attnhash.models.backbones.base import Backbone, StageView
 
-# TensorFlow's BatchNorm momentum 0.99 is PyTorch's 0.01; epsilon as in the TF models.
-_BN_MOMENTUM = 0.01
+# Epsilon as in the TF models. The TF momentum (0.99 decay = PyTorch 0.01) suits long ImageNet training;
+# fine-tuning a hashing network for a few hundred steps on other images needs the running statistics to
+# follow the new data, or eval-mode features drift from the train-mode ones the hash layer learned on.
+_BN_MOMENTUM = 0.1
 _BN_EPS = 1e-3
 
 # (repeats, kernel, stride, expand ratio, input channels, output channels) of the 7 block groups (Lite0).

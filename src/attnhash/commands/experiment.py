@@ -1,0 +1,32 @@
+"""attnhash experiment: run a grid of methods x code lengths and write the papers' tables."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiment", help="train + evaluate a grid (YAML) and write a report like the papers' tables")
+    p.add_argument("grid", help="grid YAML (see attnhash/configs/experiments/)")
+    p.add_argument("--out", help="output folder (default: the grid's `out`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run, e.g. --set train.epochs=2")
+    p.add_argument("--only", help="run only the runs whose name contains this text")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from attnhash.evaluate.report import markdown_report, write_report
+    from attnhash.experiment import load_grid, run_grid
+
+    grid = load_grid(args.grid, args.out)
+    if args.report_only:
+        results = json.loads((grid.out / "results.json").read_text())
+    else:
+        results = run_grid(grid, args.overrides, progress=not args.quiet, only=args.only)
+    path = write_report(results, grid.out, title=grid.name)
+    print(markdown_report(results, grid.name))
+    print(f"report: {path}")
+    return 0

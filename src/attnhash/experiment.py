@@ -1,0 +1,135 @@
+"""Experiment grids: methods x code lengths x variants, trained and evaluated, reported as the papers' tables.
+
+A grid file (YAML):
+
+    name: table3-fmnist
+    out: benchmarks/results/table3          # run folders, results.json and the report go here
+    base:                                   # a config layer applied to every run (same keys as --config)
+      data: {dataset: fmnist, protocol: fmnist, image_size: 64}
+      model: {backbone: efficientnet_lite0, freeze: block5, output_stride: 16}
+      train: {epochs: 8, frozen_cache: disk}
+    bits: [16, 32, 48, 64]
+    rows:                                   # one table row each; every row is run at every code length
+      - {method: dpsh}
+      - {method: dpfah}
+      - {method: dpfah, ablate: [attention], label: "dpfah w/o attention"}
+      - {method: uhga, bits: [16, 32, 64, 128], set: ["train.epochs=4"]}
+
+Runs whose folder already holds a metrics.json made by the same config are skipped, so an interrupted grid
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from attnhash.config import RunConfig, build_config, load_yaml
+from attnhash.errors import ConfigError
+
+
+@dataclass
+class GridRun:
+    row: str  # the table row label
+    method: str
+    bits: int
+    name: str  # run folder name
+    overrides: list[str] = field(default_factory=list)
+    ablate: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Grid:
+    name: str
+    out: Path
+    base: dict
+    runs: list[GridRun]
+    source: str
+
+
+def _row_label(row: dict) -> str:
+    if row.get("label"):
+        return str(row["label"])
+    ablate = row.get("ablate") or []
+    return row["method"] + (f" w/o {'+'.join(ablate)}" if ablate else "")
+
+
+def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
+    spec = load_yaml(path)
+    unknown = set(spec) - {"name", "out", "base", "bits", "rows", "description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    rows = spec.get("rows")
+    if not rows or not isinstance(rows, list):
+        raise ConfigError(f"{path}: 'rows' must be a non-empty list of {{method: ...}} entries")
+    default_bits = spec.get("bits", [64])
+    runs: list[GridRun] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "method" not in row:
+            raise ConfigError(f"{path}: row {i + 1} needs a 'method'")
+        extra = set(row) - {"method", "bits", "ablate", "set", "label"}
+        if extra:
+            raise ConfigError(f"{path}: row {i + 1}: unknown key(s) {', '.join(sorted(extra))}")
+        label = _row_label(row)
+        ablate = list(row.get("ablate") or [])
+        slug = label.replace(" w/o ", "-no-").replace("+", "-").replace(" ", "_").replace("/", "_")
+        for bits in row.get("bits", default_bits):
+            runs.append(GridRun(row=label, method=row["method"], bits=int(bits), name=f"{slug}-{bits}b",
+                                overrides=list(row.get("set") or []), ablate=ablate))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two rows make the same run; give them distinct labels")
+    out_dir = Path(out or spec.get("out") or Path("runs") / spec.get("name", Path(path).stem))
+    return Grid(name=spec.get("name", Path(path).stem), out=out_dir, base=spec.get("base") or {}, runs=runs,
+                source=str(path))
+
+
+def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = None) -> RunConfig:
+    base_file = grid.out / "base.yaml"
+    grid.out.mkdir(parents=True, exist_ok=True)
+    base_file.write_text(yaml.safe_dump(grid.base, sort_keys=False))
+    overrides = [f"model.bits={run.bits}", f"method.ablate={json.dumps(run.ablate)}", f"name={run.name}",
+                 f"out_dir={grid.out}", *run.overrides, *(extra_overrides or [])]
+    return build_config(run.method, [str(base_file)], None, overrides)
+
+
+def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
+             only: str | None = None) -> list[dict]:
+    """Train and evaluate every run of the grid (skipping finished ones); returns their results."""
+    from attnhash.evaluate.run import evaluate_run
+    from attnhash.train import train
+
+    results = []
+    todo = [r for r in grid.runs if only is None or only in r.name]
+    for k, run in enumerate(todo, 1):
+        cfg = run_config(grid, run, extra_overrides)
+        run_dir = grid.out / run.name
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.exists() and _same_config(run_dir, cfg):
+            result = json.loads(metrics_file.read_text())
+            log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
+        else:
+            log(f"[{k}/{len(todo)}] {run.name}: training")
+            t0 = time.time()
+            train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
+            _, result = evaluate_run(run_dir, progress=progress, plots=False)
+            log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
+        result["row"] = run.row
+        results.append(result)
+        _write_results(grid, results)
+    return results
+
+
+def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
+    saved = run_dir / "config.yaml"
+    return saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(cfg.to_yaml())
+
+
+def _write_results(grid: Grid, results: list[dict]) -> None:
+    from attnhash.checkpoint import atomic_write_text
+
+    atomic_write_text(grid.out / "results.json", json.dumps(results, indent=1))
