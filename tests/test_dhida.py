@@ -1,0 +1,174 @@
+"""DHIDA (seed 002): f(u), loss on hand-checked cases, eq. 16, ablations, every backbone x bits, training."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import attnhash.models.network as network_module
+from attnhash.config import build_config
+from attnhash.encoder import build_code_model
+from attnhash.errors import ConfigError
+from attnhash.methods.base import create_method
+from attnhash.methods.dhida import balance_loss, piecewise
+
+BACKBONES = ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]
+BITS = [16, 32, 48, 64, 128]
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def make(bits=2, ablate=(), **params):
+    return create_method("dhida", params, bits, num_classes=2, num_train=2, ablate=ablate)
+
+
+SINGLE = {"label": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "index": torch.arange(2)}
+
+
+def test_piecewise_function_is_eq_1():
+    u = torch.tensor([-3.0, -1.0, -0.4, 0.0, 0.7, 1.0, 2.5])
+    assert piecewise(u).tolist() == pytest.approx([-1.0, -1.0, -0.4, 0.0, 0.7, 1.0, 1.0])
+    # sign(f(u)) = sign(u): f cannot change a code, so it must act on the loss (see dhida.py)
+    assert torch.equal(torch.sign(piecewise(u)), torch.sign(u))
+
+
+def test_balance_loss_is_eq_12():
+    v = torch.tensor([[1.0, -0.5, 0.2], [0.5, 0.5, 0.2]])
+    assert balance_loss(v).item() == pytest.approx(0.75**2 + 0.0 + 0.2**2)
+
+
+def test_loss_hand_computed_on_the_clipped_output():
+    z = torch.tensor([[2.0, -0.5], [0.5, 0.5]])  # f(z) = [[1, -0.5], [0.5, 0.5]]
+    loss, parts = make().loss({"z": z}, SINGLE, None)
+    # theta = <v_i, v_j>/2 = [[0.625, 0.125], [0.125, 0.25]], s = identity
+    l1 = (softplus(0.625) - 0.625 + 2 * softplus(0.125) + softplus(0.25) - 0.25) / 4
+    l2 = 0.75**2  # bit means [0.75, 0]
+    assert parts["likelihood"] == pytest.approx(l1, rel=1e-6)
+    assert parts["balance"] == pytest.approx(l2, rel=1e-6)
+    assert loss.item() == pytest.approx(l1 + 0.1 * l2, rel=1e-6)
+
+
+def test_piecewise_ablation_and_eq_11_scale():
+    z = torch.tensor([[2.0, -0.5], [0.5, 0.5]])
+    loss, parts = make(ablate=("piecewise",)).loss({"z": z}, SINGLE, None)
+    # raw u: theta = [[2.125, 0.375], [0.375, 0.25]], bit means [1.25, 0]
+    l1 = (softplus(2.125) - 2.125 + 2 * softplus(0.375) + softplus(0.25) - 0.25) / 4
+    assert parts["likelihood"] == pytest.approx(l1, rel=1e-6)
+    assert loss.item() == pytest.approx(l1 + 0.1 * 1.25**2, rel=1e-6)
+    _, parts = make(scale=1.0, gamma=0.3).loss({"z": z}, SINGLE, None)  # eq. 11 as printed: theta = <v_i, v_j>
+    l1 = (softplus(1.25) - 1.25 + 2 * softplus(0.25) + softplus(0.5) - 0.5) / 4
+    assert parts["likelihood"] == pytest.approx(l1, rel=1e-6)
+
+
+def test_default_scale_makes_eq_16_the_gradient():
+    torch.manual_seed(0)
+    n, k, gamma = 6, 8, 0.1
+    u = (torch.rand(n, k, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()  # inside [-1, 1]: f(u) = u
+    labels = torch.eye(3, dtype=torch.float64)[torch.tensor([0, 1, 2, 0, 1, 1])]
+    loss, _ = make(bits=k).loss({"z": u}, {"label": labels, "index": torch.arange(n)}, None)
+    (grad,) = torch.autograd.grad(loss, u)
+    with torch.no_grad():
+        s = (labels @ labels.t() > 0).double()
+        a = torch.sigmoid(0.5 * u @ u.t())  # a_ij = sigma(u_i^T u_j / 2)
+        eq16 = 0.5 * (a - s) @ u + 0.5 * (a - s).t() @ u  # the pair sums of eq. 16
+        # attnhash averages L1 over the n^2 pairs; eq. 12's mean over the batch gives 2 gamma mean / n
+        expected = eq16 / n**2 + 2 * gamma * u.mean(dim=0, keepdim=True) / n
+    torch.testing.assert_close(grad, expected)
+
+
+def test_bank_holds_the_clipped_outputs():
+    method = make(bits=2)
+    labels = torch.eye(2)[[0, 1, 1]]
+    method.setup(SimpleNamespace(num_train=3, train_labels=labels))
+    method.loss({"z": torch.tensor([[3.0, -0.2]])}, {"label": labels[:1], "index": torch.tensor([1])}, None)
+    assert method.bank.codes[1].tolist() == pytest.approx([1.0, -0.2])
+    assert method.bank.filled.tolist() == [False, True, False]
+
+
+def model_cfg(backbone="resnet18", bits=16, extra=()):
+    return build_config("dhida", overrides=[f"model.backbone={backbone}", "model.weights=none",
+                                            f"model.bits={bits}", *extra]).model
+
+
+def test_recipe_records_the_paper_settings():
+    cfg = build_config("dhida")
+    assert cfg.model.attention == "ida"
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("rmsprop", 5e-5, 1e-5)
+    assert cfg.train.batch_size == 128 and cfg.data.image_size == 224
+    assert cfg.method.params == {"gamma": 0.1, "scale": 0.5}
+    assert build_config("dhida", overrides=["data.image_size=64"]).data.image_size == 64
+
+
+def test_network_and_ablations():
+    net = make(bits=16).build_network(model_cfg())
+    assert type(net.attention).__name__ == "DualAttention" and net.attention.improved
+    assert net.classifier is None
+    danet = make(bits=16, ablate=("ida",)).build_network(model_cfg())
+    assert danet.attention.improved is False
+    assert make(bits=16, ablate=("attention",)).build_network(model_cfg()).attention is None
+    assert make(bits=16, ablate=("attention", "ida")).build_network(model_cfg()).attention is None
+    with pytest.raises(ConfigError, match="ida"):
+        make(bits=16, ablate=("ida",)).build_network(model_cfg(extra=("model.attention=simam",)))
+    with pytest.raises(ConfigError):
+        make(ablate=("regularizer",))
+
+
+def test_ida_network_starts_as_the_plain_network():
+    with_ida = make(bits=16).build_network(model_cfg())
+    plain = make(bits=16, ablate=("attention",)).build_network(model_cfg())
+    plain.load_state_dict({k: v for k, v in with_ida.state_dict().items() if not k.startswith("attention.")})
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(with_ida.eval()(images)["z"], plain.eval()(images)["z"])
+
+
+@pytest.mark.parametrize("ablate", [(), ("ida",), ("attention", "piecewise")])
+def test_encoder_rebuilds_the_same_network(ablate):
+    cfg = build_config("dhida", overrides=["model.backbone=resnet18", "model.weights=none", "model.bits=32"])
+    cfg.method.ablate = list(ablate)
+    trained = make(bits=32, ablate=ablate).build_network(cfg.model)
+    rebuilt = build_code_model(cfg, {"num_classes": 10})
+    assert list(rebuilt.state_dict()) == list(trained.state_dict())
+    assert type(rebuilt.attention) is type(trained.attention)
+    assert getattr(rebuilt.attention, "improved", None) == getattr(trained.attention, "improved", None)
+
+
+@pytest.fixture(scope="module")
+def shared_backbones():
+    """Each backbone built once for the whole grid (building ResNet50/AlexNet dominates otherwise)."""
+    cache = {}
+    real = network_module.create_backbone
+
+    def cached(name, weights="auto", **kwargs):
+        if kwargs:
+            return real(name, weights=weights, **kwargs)
+        if name not in cache:
+            cache[name] = real(name, weights=weights).eval()
+        return cache[name]
+
+    network_module.create_backbone = cached
+    yield
+    network_module.create_backbone = real
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_and_bit_length_builds_and_runs(backbone, shared_backbones):
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    for bits in BITS:
+        net = make(bits=bits).build_network(model_cfg(backbone, bits)).eval()
+        with torch.no_grad():
+            out = net(images)
+        assert out["z"].shape == (2, bits) and torch.isfinite(out["z"]).all()
+        assert net.attention.last_map.shape == (2, *out["fmap"].shape[-2:])
+
+
+def test_training_lowers_the_loss(fmnist, quick_train):
+    # ResNet18 from scratch at 64 px (2x2 maps, 512 channels): the IDA channel map stays small
+    losses, method, network = quick_train("dhida", fmnist, steps=10, batch_size=16, backbone="resnet18")
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert method.bank.filled.all() and method.bank.codes.abs().max() <= 1.0
+    assert network.attention.alpha.item() != 0.0 and network.attention.beta.item() != 0.0  # the scales learn
