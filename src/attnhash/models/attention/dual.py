@@ -17,6 +17,9 @@ They differ only in what enters the softmax:
   to DANet's softmax(-M) / softmax(-Nmat); per column it is a bias per key position (channel) that
   favours keys with a high maximum and mean response, which is what the paper means by using "the
   average value and maximum value of the column" to weigh the salient and global features.
+  Eq. 3 is applied literally to the position branch too, so its map is softmax(stat - M) where DANet's
+  is softmax(M); the sign of M alone is immaterial (the learned key convolution can flip it), the
+  column statistic is what differs.
 
 alpha and beta are learnable scalars initialised to 0 (paper), and the two branch outputs are fused by
 their mean, (E_p + E_c) / 2 (choice: the paper says "sum"; the sum is twice this, a constant factor the
