@@ -74,7 +74,7 @@ def test_numpy_reference_is_the_definition(bits):
         assert_same_topk(index.search(q, k), brute_force_topk(q, db, ids, k))
 
 
-@pytest.mark.parametrize("bits", [16, 32, 48, 64, 128])
+@pytest.mark.parametrize("bits", [16, 64, 128])
 @pytest.mark.parametrize("low_entropy", [False, True])
 def test_faiss_topk_matches_reference(bits, low_entropy):
     rng = np.random.default_rng(bits + low_entropy)
@@ -240,6 +240,10 @@ def test_save_load_round_trip(tmp_path, backend, mmap):
         assert len(again) == len(index) + 2
         assert again.metadata([again.all_ids()[-1]]) == [{"path": "new"}]
     assert read_header(str(path))["count"] == len(index)
+    # memory-mapped loading: the numpy backend reads codes and ids in place, FAISS copies only the codes
+    mapped = open_index(str(path), backend="numpy", mmap=mmap)
+    assert isinstance(mapped._codes.view, np.memmap) == mmap and isinstance(mapped.all_ids(), np.memmap) == mmap
+    assert isinstance(open_index(str(path), mmap=mmap).all_ids(), np.memmap) == mmap
 
 
 def test_file_without_metadata_has_no_metadata_section(tmp_path):

@@ -111,6 +111,19 @@ def test_search_by_id_and_item_endpoints(served):
     assert client.get("/api/items/999/image").status_code == 404
 
 
+def test_radius_tables_built_at_start(served):
+    _, path, enc, index = served
+    client = TestClient(create_app(path, encoder=enc, radius_tables=True))
+    for _ in range(200):
+        if client.get("/api/stats").json()["radius_tables"] == "built":
+            break
+        threading.Event().wait(0.05)
+    assert client.get("/api/stats").json()["radius_tables"] == "built"
+    hits = client.get("/api/search/by-id/12", params={"radius": 20}).json()["results"]
+    ref = index.range_search(index.reconstruct([12]), 20)[0]
+    assert [h["id"] for h in hits] == ref[0].tolist() and [h["distance"] for h in hits] == ref[1].tolist()
+
+
 def test_rejects_bad_requests(served, images):
     client, _, _, _ = served
     pics, _ = images

@@ -16,6 +16,11 @@ def register(sub) -> None:
     p.add_argument("--backend", default="faiss", choices=["faiss", "numpy"])
     p.add_argument("--no-persist", action="store_true",
                    help="keep adds/removes in memory only (default: rewrite the index file atomically)")
+    p.add_argument("--radius-tables", action="store_true",
+                   help="build the radius-search hash tables at start-up, in the background (large indexes: "
+                        "otherwise the first radius query builds them; ~1 min and ~0.9 GB for 1e7 64-bit codes)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (info logs every request)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -24,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from attnhash.serve import create_app, run_server
 
     app = create_app(args.index, args.run, max_upload_mb=args.max_upload_mb, backend=args.backend,
-                     persist=not args.no_persist, device=args.device, max_k=args.max_k)
+                     persist=not args.no_persist, device=args.device, max_k=args.max_k,
+                     radius_tables=args.radius_tables)
     svc = app.state.service
     model = svc.encoder.run_dir if svc.encoder is not None else f"none ({svc.encoder_error})"
     print(f"serving {args.index}: {len(svc.index)} items, {svc.index.bits}-bit codes, model {model}")
     print(f"web page: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs")
-    run_server(app, host=args.host, port=args.port)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -195,7 +195,7 @@ class SearchService:
 
     def __init__(self, index_path: str, run_dir: str | None = None, *, encoder: Any = None, backend: str = "faiss",
                  persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int = 1000,
-                 load_model: bool = True) -> None:
+                 load_model: bool = True, radius_tables: bool = False) -> None:
         self.index_path = str(index_path)
         self.index: Index = open_index(self.index_path, backend=backend)
         self.lock = RWLock()
@@ -218,9 +218,22 @@ class SearchService:
             self.encoder_error = "the service was started without a model"
         if self.encoder is not None:
             self.batcher = MicroBatcher(self.encoder.encode_images)
+        self._building = False
+        if radius_tables and hasattr(self.index, "build_hash"):
+            # the radius tables take a while at 1e7 items (a minute here): build them in the background
+            # under the read lock (searches go on, adds and removes wait)
+            threading.Thread(target=self._build_radius_tables, name="radius-tables", daemon=True).start()
         self.started = time.time()
         self.counters = {"searches": 0, "added": 0, "removed": 0}
         self._count_lock = threading.Lock()
+
+    def _build_radius_tables(self) -> None:
+        self._building = True
+        try:
+            with self.lock.read():
+                self.index.build_hash()
+        finally:
+            self._building = False
 
     # ---- helpers --------------------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
@@ -269,6 +282,8 @@ class SearchService:
                       "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error,
                       "forward_passes": self.batcher.batches if self.batcher else 0},
             "max_k": self.max_k,
+            "radius_tables": "building" if self._building else (
+                "built" if getattr(self.index, "hash_tables", None) else "not built"),
             "uptime_s": round(time.time() - self.started, 1),
             "counters": dict(self.counters),
         }
@@ -276,15 +291,17 @@ class SearchService:
 
 def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: float = 10.0, encoder: Any = None,
                backend: str = "faiss", persist: bool = True, upload_dir: str | None = None, device: str = "auto",
-               max_k: int = 1000, load_model: bool = True) -> FastAPI:
+               max_k: int = 1000, load_model: bool = True, radius_tables: bool = False) -> FastAPI:
     """The HTTP API and web page over `index_path` (see the module docstring).
 
     `encoder` injects a ready encoder (anything with bits, fingerprint, run_dir and encode_images); otherwise
     the run folder `run_dir`, or the one recorded in the index, is loaded. Without a usable model the service
-    still answers searches by id, and image searches get 503 with the reason.
+    still answers searches by id, and image searches get 503 with the reason. `radius_tables` builds the
+    FAISS radius-search hash tables at start-up (in the background) instead of on the first radius query.
     """
     svc = SearchService(index_path, run_dir, encoder=encoder, backend=backend, persist=persist,
-                        upload_dir=upload_dir, device=device, max_k=max_k, load_model=load_model)
+                        upload_dir=upload_dir, device=device, max_k=max_k, load_model=load_model,
+                        radius_tables=radius_tables)
     app = FastAPI(title="attnhash search", version=__import__("attnhash").__version__,
                   description="Hamming-distance image retrieval over an attnhash index")
     app.state.service = svc
