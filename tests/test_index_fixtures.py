@@ -80,20 +80,6 @@ def real_codes(bits: int = 64, n: int = 2000) -> np.ndarray | None:
     return pack_codes(np.where(x @ proj >= 0, 1, -1))
 
 
-def foolbox_images() -> list[str]:
-    """Paths of foolbox's bundled real photos (CIFAR/ImageNet PNG/JPEG), [] if foolbox is not installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None or spec.origin is None:
-        return []
-    folder = os.path.join(os.path.dirname(spec.origin), "data")
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith((".png", ".jpg", ".jpeg")) and not f.startswith(("mnist", "fashion")))
-
-
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
 
