@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,6 +63,24 @@ def test_network_loss_hand_computed():
     assert parts["quantization"] == pytest.approx(quant)
     assert parts["likelihood"] == pytest.approx(math.log(1 + math.exp(theta + 1.0)))
     assert loss.item() == pytest.approx(parts["likelihood"] + 0.5 * quant)
+
+
+@pytest.mark.parametrize("pairs", ["bank", "batch"])
+def test_epoch_c_step_uses_every_training_code(pairs):
+    labels = torch.eye(3)[[0, 0, 1, 1, 2, 2]]
+    m = create_method("dfh", {"pairs": pairs}, bits=8, num_classes=3, num_train=6)
+    ctx = SimpleNamespace(num_train=6, train_labels=labels, device=torch.device("cpu"), epoch=0)
+    m.setup(ctx)
+    torch.manual_seed(0)
+    z = torch.randn(3, 8)[[0, 0, 1, 1, 2, 2]]  # one code per class
+    for part in (slice(0, 3), slice(3, 6)):  # two batches: every training item seen once
+        m.loss({"z": z[part]}, {"label": labels[part], "index": torch.arange(6)[part]}, ctx)
+    m.on_epoch_start(ctx)
+    assert m.centers.abs().sum().item() == 0.0  # no C-step before the first epoch is over
+    ctx.epoch = 1
+    m.on_epoch_start(ctx)
+    assert m.centers.abs().min().item() == 1.0
+    assert len({tuple(c.tolist()) for c in m.centers}) == 3
 
 
 def test_recipe():

@@ -42,7 +42,7 @@ from torch import Tensor
 from attnhash.errors import ConfigError
 from attnhash.methods._pairs import Partners, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import label_similarity, sign
+from attnhash.methods.losses import MemoryBank, label_similarity, sign
 
 
 @dataclass
@@ -117,22 +117,25 @@ class DFH(Method):
         if self.params.center_update not in ("epoch", "batch"):
             raise ConfigError(f"dfh: center_update must be epoch or batch, got {self.params.center_update!r}")
         self.partners = Partners(self.params.pairs)
+        self.codes: MemoryBank | None = None  # latest relaxed code of every training item (set up in setup)
         # relaxed and binary class centres; C = 0 until the first C-step (then b = sign(u))
         self.register_buffer("v", torch.zeros(num_classes, bits))
         self.register_buffer("centers", torch.zeros(num_classes, bits))
 
     def setup(self, ctx: TrainContext) -> None:
         self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels)
+        # the per-epoch C-step needs every training item's latest code: the pair bank, or one of its own
+        bank = self.partners.bank
+        self.codes = bank if bank is not None else MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
         self.v = self.v.to(ctx.device)
         self.centers = self.centers.to(ctx.device)
-        self.train_labels = ctx.train_labels
 
     def _update_centers(self, labels: Tensor, b: Tensor) -> None:
         self.v = c_step(self.v, labels, b, self.params)
         self.centers = sign(self.v)
 
     def on_epoch_start(self, ctx: TrainContext) -> None:
-        bank = self.partners.bank
+        bank = self.codes
         if "centers" in self.ablate or self.params.center_update != "epoch" or ctx.epoch == 0 or bank is None:
             return
         # the whole training set's codes seen so far: B-step for all of them, then the C-step
@@ -151,7 +154,10 @@ class DFH(Method):
         b = b_step(u, labels, self.centers, p.mu) if use_centers else sign(u.detach())
         if use_centers and p.center_update == "batch":
             self._update_centers(labels, b)  # the authors' order: C-step on this batch's b, loss with that b
-        others, other_labels, mask = self.partners(u, labels, batch.get("index"))
+        index = batch.get("index")
+        others, other_labels, mask = self.partners(u, labels, index)
+        if self.codes is not None and self.codes is not self.partners.bank and index is not None:
+            self.codes.update(index, u)
         s = label_similarity(labels, other_labels)
         pair = margin_likelihood(u, others, s, p.margin, mask)
         quant = (b - u).pow(2).mean()
