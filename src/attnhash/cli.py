@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "attnhash.commands.demo",
     "attnhash.commands.experiment",
     "attnhash.commands.methods",
+    "attnhash.commands.explain",
 ]
 
 

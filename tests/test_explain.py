@@ -1,0 +1,97 @@
+"""attnhash explain on tiny runs trained in the test: the PNG is written, is an image, and shows the map."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnhash.cli import main
+from attnhash.commands.explain import explain, network_maps, output_paths
+from attnhash.errors import AttnHashError, DataError
+
+
+def tiny_run(method: str, folder, extra=()):
+    from attnhash.config import build_config
+    from attnhash.train import train
+
+    overrides = ["model.backbone=resnet18", "model.weights=none", "model.bits=16", "data.image_size=64",
+                 "data.train_limit=32", "train.epochs=1", "train.batch_size=16", "model.freeze=layer3", *extra]
+    train(build_config(method, overrides=overrides), run_dir=folder, progress=False, log=lambda m: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not os.path.isdir(os.environ.get("ATTNHASH_FMNIST_DIR", "/usr/share/datasets/fashion-mnist")):
+        pytest.skip("Fashion-MNIST not installed")
+    base = tmp_path_factory.mktemp("explain")
+    ega = tiny_run("ega", base / "ega", ["method.params.stage1_epochs=1"])
+    plain = tiny_run("dpsh", base / "dpsh")
+    # real images: a Fashion-MNIST item (28 px grey) and a larger colour picture
+    from attnhash.data import load_fashion_mnist
+
+    grey = np.asarray(load_fashion_mnist(os.environ.get("ATTNHASH_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+                      .raw_image(0))
+    Image.fromarray(grey).save(base / "boot.png")
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, size=(90, 120, 3), dtype=np.uint8)
+    colour[30:60, 40:80] = (250, 20, 20)
+    Image.fromarray(colour).save(base / "photo.jpg")
+    return ega, plain, base / "boot.png", base / "photo.jpg"
+
+
+def is_png_picture(path) -> bool:
+    with Image.open(path) as im:
+        im.load()
+        pixels = np.asarray(im.convert("RGB"))
+        return im.format == "PNG" and im.width > 200 and im.height > 100 and pixels.std() > 5
+
+
+def test_explain_writes_pngs_with_the_cam_map_of_an_ega_run(runs):
+    ega, _, boot, photo = runs
+    written = explain(ega, [str(boot), str(photo)])
+    assert written == [ega / "explain" / "boot.png", ega / "explain" / "photo.png"]
+    assert all(is_png_picture(p) for p in written)
+
+    from attnhash.encoder import Encoder
+
+    encoder = Encoder(ega, device="cpu")
+    maps, codes, what = network_maps(encoder, [np.asarray(Image.open(photo))])
+    assert what.startswith("attention: CAMAttention")
+    assert maps.shape == (1, 2, 2) and maps.min() >= 0 and maps.max() <= 1
+    assert codes.shape == (1, 16) and set(np.unique(codes)) <= {-1, 1}
+    # the activation map is available for the same run on request
+    _, _, what = network_maps(encoder, [np.asarray(Image.open(photo))], source="activation")
+    assert what.startswith("activation")
+
+
+def test_runs_without_attention_get_the_activation_map_and_out_names_the_file(runs, tmp_path):
+    _, plain, boot, _ = runs
+    target = tmp_path / "figure.png"
+    assert explain(plain, [str(boot)], out=str(target)) == [target]
+    assert is_png_picture(target)
+    with pytest.raises(AttnHashError, match="--source activation"):
+        explain(plain, [str(boot)], source="attention")
+
+
+def test_cli_prints_the_paths_and_reports_clear_errors(runs, tmp_path, capsys):
+    ega, _, boot, photo = runs
+    assert main(["explain", str(ega), str(boot), "--out", str(tmp_path / "figs")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "figs" / "boot.png")
+    assert main(["explain", str(ega), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png: no such image file" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "no-run"), str(boot)]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(DataError, match="cannot read image"):
+        explain(ega, [str(not_an_image)])
+    with pytest.raises(AttnHashError, match="one PNG"):
+        explain(ega, [str(boot), str(photo)], out=str(tmp_path / "one.png"))
+
+
+def test_images_with_the_same_name_get_distinct_outputs(tmp_path):
+    paths = output_paths(tmp_path, ["a/x.png", "b/x.jpg", "c/y.png"], None)
+    assert [p.name for p in paths] == ["x.png", "x-1.png", "y.png"]
+    assert all(p.parent == tmp_path / "explain" for p in paths)
