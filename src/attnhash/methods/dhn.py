@@ -1,7 +1,7 @@
 """DHN: Deep Hashing Network for Efficient Similarity Retrieval (Zhu, Long, Wang, Cao, AAAI 2016).
 
 The hash layer's output is squashed by tanh, u = tanh(z) (the authors' AlexNet code: fc8 + tanh), and
-trained with (paper eq. 4-7):
+trained with the paper's objective:
 
     C = sum_{s_ij} (log(1 + exp(theta_ij)) - s_ij theta_ij)  +  lambda * sum_i sum_k log cosh(|u_ik| - 1)
         theta_ij = scale * <u_i, u_j>
@@ -11,7 +11,7 @@ trained with (paper eq. 4-7):
 - the quantisation loss is a smooth surrogate of || |u_i| - 1 ||_1: log cosh(x) ~ x^2 / 2 near 0 and
   ~ |x| - log 2 far from it, differentiable everywhere, so the relaxed codes approach +-1.
 
-scale = 1: DHN's likelihood uses the plain inner product (DPSH's 1/2 is `scale: 0.5`).
+scale = 1: the plain inner product, as we read DHN's likelihood (DPSH's 1/2 is `scale: 0.5`).
 Pairs are the pairs of distinct images of a mini-batch (`pairs: bank`: each batch against the training
 set).
 
@@ -51,12 +51,13 @@ def log_cosh(x: Tensor) -> Tensor:
 
 
 def dhn_quantization(u: Tensor) -> Tensor:
-    """Mean over code entries of log cosh(|u| - 1) (paper eq. 6, averaged)."""
+    """Mean over code entries of log cosh(|u| - 1) (the paper's quantisation loss, averaged)."""
     return log_cosh(u.abs() - 1.0).mean()
 
 
 def pairwise_cross_entropy(u: Tensor, others: Tensor, s: Tensor, scale: float, mask: Tensor) -> Tensor:
-    """Mean over the masked pairs of log(1 + e^theta) - s theta, theta = scale <u_i, o_j> (paper eq. 5)."""
+    """The paper's pairwise cross-entropy: mean over the masked pairs of log(1 + e^theta) - s theta,
+    theta = scale <u_i, o_j>."""
     theta = scale * (u @ others.t())
     return masked_mean(F.softplus(theta) - s * theta, mask)
 

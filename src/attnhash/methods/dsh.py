@@ -2,7 +2,7 @@
 
 The network outputs real values b = z (no squashing activation); a contrastive loss on pairs pulls
 similar codes together and pushes dissimilar ones beyond a margin, and a regulariser pulls every entry
-towards +-1 (paper eq. 3-5):
+towards +-1 (the paper's relaxed pair loss):
 
     L(b_i, b_j, s_ij) = 1/2 s_ij ||b_i - b_j||^2 + 1/2 (1 - s_ij) max(m - ||b_i - b_j||^2, 0)
                         + alpha (|| |b_i| - 1 ||_1 + || |b_j| - 1 ||_1)
@@ -12,7 +12,7 @@ alpha = 0.01. s_ij = 1 when the images share a label. Pairs are all pairs of dis
 mini-batch, generated online as in the paper (`pairs: bank` compares each batch with the whole training
 set instead).
 
-Averaging: the paper sums eq. 5 over the pairs. attnhash divides that sum by the number of pairs: the
+Averaging: the paper sums this loss over the pairs. attnhash divides that sum by the number of pairs: the
 contrastive term becomes a mean over pairs (each still a sum over the K bits), and since every image of a
 batch of n appears in n - 1 of the n (n - 1) / 2 pairs, the regulariser becomes 2 alpha * mean over images
 of || |b_i| - 1 ||_1. This is the paper's objective divided by a constant, so alpha = 0.01 and m = 2K
@@ -45,7 +45,7 @@ def squared_distances(u: Tensor, others: Tensor) -> Tensor:
 
 
 def dsh_contrastive(u: Tensor, others: Tensor, s: Tensor, margin: float, mask: Tensor) -> Tensor:
-    """Mean over the masked pairs of 1/2 s d + 1/2 (1 - s) max(margin - d, 0), d = ||u_i - o_j||^2 (eq. 4)."""
+    """Mean over the masked pairs of 1/2 s d + 1/2 (1 - s) max(margin - d, 0), d = ||u_i - o_j||^2."""
     d = squared_distances(u, others)
     per_pair = 0.5 * s * d + 0.5 * (1.0 - s) * torch.relu(margin - d)
     return masked_mean(per_pair, mask)

@@ -1,9 +1,9 @@
 """HashNet: Deep Learning to Hash by Continuation (Cao, Long, Wang, Yu, ICCV 2017).
 
-Activation (paper sec. 3.2): h = tanh(beta z). Continuation raises beta during training so that tanh
+Activation: h = tanh(beta z). Continuation raises beta during training so that tanh
 approaches sign; the codes are sign(z) = sign(h) at every beta. Schedule of the reference code (a
 ScaleTanH layer): beta = (1 + gamma * t)^power with gamma = 0.005, power = 0.5, recomputed every
-`stage_steps` = 200 iterations (a stage-wise continuation, Algorithm 1), over 10,000 iterations, so beta
+`stage_steps` = 200 iterations (a stage-wise continuation, the paper's Algorithm 1), over 10,000 iterations, so beta
 goes from 1 to ~7.1.
 
 - `continuation: steps` uses t = ctx.step, the reference's schedule as is.
@@ -11,7 +11,7 @@ goes from 1 to ~7.1.
   t = step / total_steps * ref_iterations, so every run ends at the same beta (~7.1) whatever its length;
   a 5-epoch CPU run would otherwise stop at beta ~1.4 and a long one would overshoot.
 
-Loss (paper eq. 2, 6): weighted maximum likelihood over pairs,
+Loss: the paper's weighted maximum likelihood over pairs,
     L = sum_ij w_ij (log(1 + exp(theta_ij)) - s_ij theta_ij),   theta_ij = alpha <h_i, h_j>
 with alpha = 10 / K (the reference's "sigmoid_param", e.g. 0.2 at 48 bits) and weights that balance the
 similar pairs S1 and the dissimilar pairs S0 of the pair set S:
@@ -66,7 +66,7 @@ def continuation_beta(step: int, total_steps: int, p: HashNetParams) -> float:
 
 
 def balance_weights(s: Tensor, mask: Tensor, c: Tensor | None = None) -> Tensor:
-    """w_ij = c_ij |S|/|S1| on similar pairs, |S|/|S0| on dissimilar pairs, 0 outside the pair set (eq. 2)."""
+    """w_ij = c_ij |S|/|S1| on similar pairs, |S|/|S0| on dissimilar pairs, 0 outside the pair set."""
     similar = s * mask
     dissimilar = (1.0 - s) * mask
     n_all = mask.sum()

@@ -1,13 +1,13 @@
 """IDHN: Improved Deep Hashing with Soft Pairwise Similarity for Multi-label Image Retrieval
 (Zhang, Zou, Lin, Chen, Wang, IEEE Transactions on Multimedia 2019; arXiv 1803.02987).
 
-Soft similarity (paper sec. III-A): the cosine of the label vectors, s_ij = <y_i, y_j> / (|y_i| |y_j|)
+Soft similarity: the cosine of the label vectors, s_ij = <y_i, y_j> / (|y_i| |y_j|)
 in [0, 1]. Pairs with s_ij = 0 (no shared label) or s_ij = 1 (the same label set) are "hard"; pairs in
 between are "soft" (multi-label data only).
 
 Codes: u = z / (1 + |z|) (a softsign, as the authors' code), codes sign(z).
 
-Loss (paper sec. III-B, with the names of the authors' code):
+Loss (with the names of the authors' code, github.com/pectinid16/IDHN):
 - hard pairs, cross-entropy on the scaled inner product theta_ij = beta <u_i, u_j> / K, beta = 5:
       log(1 + e^theta_ij) - s_ij theta_ij
 - soft pairs, mean square error between s_ij and the similarity the codes imply,
