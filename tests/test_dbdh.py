@@ -7,6 +7,7 @@ import torch
 
 from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.dbdh import balance_term
+from attnhash.methods.losses import pairwise_likelihood
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 
@@ -20,26 +21,47 @@ def test_balance_term_hand_checked():
     assert balance_term(b, "code", 1.0).item() == pytest.approx(0.25)
 
 
-def test_loss_hand_checked_on_discrete_codes_with_identity_gradient():
-    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    method = create_method("dbdh", {"alpha": 0.1, "p": 2.0, "balance": "code"}, bits=2, num_classes=2, num_train=2)
-    ctx = TrainContext(network=None, forward=None, optimizer=None, train_labels=labels, num_train=2, epochs=1,
-                       device=torch.device("cpu"))
-    method.setup(ctx)
-    z = torch.tensor([[0.3, 2.0], [-0.1, 0.4]], requires_grad=True)  # codes (1, 1) and (-1, 1)
-    loss, parts = method.loss({"z": z}, {"label": labels, "index": torch.arange(2)}, ctx)
-    # theta = <b_i, b_j>/2 = [[1, 0], [0, 1]], s = I: nll = log(1+e) - 1 on the diagonal, log 2 off it
-    likelihood = (2 * (math.log(1 + math.e) - 1) + 2 * math.log(2)) / 4
-    balance = (1.0 + 0.0) / 2  # code means 1 and 0
+def hand_case():
+    z = torch.tensor([[0.3, 2.0, 0.1, 5.0], [0.2, 0.4, 3.0, -0.1], [-1.0, -0.5, -2.0, 0.7]], requires_grad=True)
+    b = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, -1.0, 1.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # items 1 and 2 alike, 3 apart
+    return z, b, labels
+
+
+def test_loss_hand_checked_on_the_discrete_codes_of_a_batch():
+    z, b, labels = hand_case()
+    method = create_method("dbdh", {"alpha": 0.1, "theta_scale": 2.5}, bits=4, num_classes=2, num_train=3)
+    loss, parts = method.loss({"z": z}, {"label": labels, "index": torch.arange(3)}, None)
+    # <b_i, b_j> = 2, -2, -4 -> theta = 2.5 * <.> / 4 = 1.25, -1.25, -2.5 (pairs 12, 13, 23)
+    a, c = math.log(1 + math.exp(-1.25)), math.log(1 + math.exp(-2.5))
+    likelihood = (2 * a + 2 * a + 2 * c) / 6  # six ordered pairs i != j
+    balance = (1.0**2 + 0.5**2 + 0.5**2) / 3  # code means 1, 0.5, -0.5
     assert parts["likelihood"] == pytest.approx(likelihood, rel=1e-6)
     assert loss.item() == pytest.approx(likelihood + 0.1 * balance, rel=1e-6)
-    assert method.bank.codes.tolist() == [[1.0, 1.0], [-1.0, 1.0]]  # the bank keeps the discrete codes
-    # the gradient reaches z unchanged from the codes (straight through), even where |z| > 1
+
+
+def test_gradient_reaches_z_as_the_gradient_at_the_codes():
+    z, b, labels = hand_case()
+    method = create_method("dbdh", {}, bits=4, num_classes=2, num_train=3)
+    loss, _ = method.loss({"z": z}, {"label": labels, "index": torch.arange(3)}, None)
     loss.backward()
-    b = torch.tensor([[1.0, 1.0], [-1.0, 1.0]], requires_grad=True)
-    again, _ = method.loss({"z": b}, {"label": labels, "index": torch.arange(2)}, ctx)
-    b_grad = torch.autograd.grad(again, b)[0]
-    assert torch.allclose(z.grad, b_grad) and z.grad.abs().min() > 0
+    # the same loss written directly on b, no sign involved
+    b = b.requires_grad_(True)
+    s = (labels @ labels.t() > 0).float()
+    direct = pairwise_likelihood(b, b, s, scale=2.5 / 4, mask=1 - torch.eye(3)) + 0.1 * balance_term(b)
+    direct.backward()
+    assert direct.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.allclose(z.grad, b.grad) and z.grad.abs().sum() > 0  # identity, even where |z| > 1
+
+
+def test_bank_pairs_keep_the_discrete_codes():
+    z, b, labels = hand_case()
+    method = create_method("dbdh", {"pairs": "bank"}, bits=4, num_classes=2, num_train=3)
+    ctx = TrainContext(network=None, forward=None, optimizer=None, train_labels=labels, num_train=3, epochs=1,
+                       device=torch.device("cpu"))
+    method.setup(ctx)
+    method.loss({"z": z}, {"label": labels, "index": torch.arange(3)}, ctx)
+    assert torch.equal(method.bank.codes, b)
 
 
 def test_training_lowers_the_loss(fmnist, quick_train):

@@ -1,34 +1,42 @@
-"""DBDH: Zheng et al., "Deep balanced discrete hashing for image retrieval", Neurocomputing, 2020.
+"""DBDH: Zheng, Zhang, Lu, "Deep balanced discrete hashing for image retrieval", Neurocomputing 403:224-236,
+2020.
 
-What the paper states (abstract): no continuous relaxation; the last layer outputs the binary code
-directly and the discrete codes are trained with the straight-through estimator; the loss combines a
-pairwise loss, guided by the labels, with a balance controlling term. Its full text is not available
-here, so the exact forms below are choices (each one a parameter):
+What the paper states (abstract): no continuous relaxation; the last layer outputs the binary codes directly
+and they are trained with the straight-through estimator; the loss combines a pairwise loss guided by the
+labels with a balance controlling term. Its full text is not available here, so the exact forms below are
+choices (each one a parameter):
 
     b = sign(z) in the forward pass, identity gradient (attnhash.methods._straight_through)
-    L = pairwise likelihood of the label similarities on the discrete codes
-        + alpha * balance(b)
-  - pairwise likelihood: DPSH's negative log-likelihood (DBDH compares against DPSH and keeps its pairwise
-    model), theta_ij = <b_i, b_j> / 2, each batch against a memory bank of the discrete codes of the whole
-    training set, as DPSH (attnhash.methods.losses.MemoryBank), averaged over pairs.
-  - balance (`balance`): "code" (default) = mean over items of |mean over bits of b_i|^p, every code has
-    as many +1 as -1 bits, as the public re-implementation of DBDH (DeepHash-pytorch); "bit" = mean over
-    bits of |mean over the batch of b_k|^p, every bit is +1 for half of the items (the classic bit balance).
+    L = mean over the pairs i != j of the batch of  log(1 + e^theta_ij) - s_ij theta_ij
+        + alpha * balance(b),          theta_ij = theta_scale * <b_i, b_j> / K
+  - the pairwise term is DPSH's negative log-likelihood (DBDH builds on DPSH's pairwise model) on the
+    discrete codes.
+  - theta_scale = 2.5 (choice). DPSH's theta = <u_i, u_j>/2 is made for relaxed codes that can stay small;
+    on +-1 codes it is K/2 times the cosine (24 at 48 bits), so unrelated codes already sit at |theta| ~ 3.5
+    and every sigmoid saturates. Measured on the fmnist smoke run (48 bits): theta = <b_i, b_j>/2 gives
+    chance-level mAP (0.13); theta_scale = 2.5 gives 0.48.
+  - pairs (`pairs`, choice): "batch" (default), both codes of a pair from the same forward pass, the
+    gradient reaching both. "bank" compares the batch with a memory bank of every training item's last code
+    (as DPSH): with discrete codes the bank is stale and noisy (dropout / drop-connect alone flip ~28% of the
+    bits of a fresh pretrained network between two passes) and training fails (0.11 mAP on the smoke run).
+  - balance (`balance`): "code" (default) = mean over items of |mean over bits of b_i|^p, every code has as
+    many +1 as -1 bits, as the public re-implementation of DBDH (DeepHash-pytorch); "bit" = mean over bits
+    of |mean over the batch of b_k|^p, every bit is +1 for half of the items (the classic bit balance).
   - alpha = 0.1 and p = 2, the re-implementation's values (the paper's are not known here).
-Because the codes are binary in the forward pass there is no quantisation term: there is nothing to
-quantise.
+Because the codes are binary in the forward pass there is no quantisation term: there is nothing to quantise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from attnhash.errors import ConfigError
 from attnhash.methods._straight_through import straight_through_sign
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, pairwise_likelihood
+from attnhash.methods.losses import MemoryBank, label_similarity, pairwise_likelihood
 
 
 @dataclass
@@ -36,7 +44,8 @@ class DBDHParams:
     alpha: float = 0.1  # weight of the balance term
     p: float = 2.0  # exponent of the balance term
     balance: str = "code"  # code: per item over its bits | bit: per bit over the batch
-    scale: float = 0.5  # theta_ij = scale * <b_i, b_j>
+    theta_scale: float = 2.5  # theta_ij = theta_scale * <b_i, b_j> / K (theta_scale times the code cosine)
+    pairs: str = "batch"  # batch: pairs within the batch | bank: the batch against every training item's code
 
 
 def balance_term(b: Tensor, kind: str = "code", p: float = 2.0) -> Tensor:
@@ -48,8 +57,8 @@ def balance_term(b: Tensor, kind: str = "code", p: float = 2.0) -> Tensor:
 @register_method
 class DBDH(Method):
     name = "dbdh"
-    paper = "Zheng et al. Deep balanced discrete hashing for image retrieval. Neurocomputing 2020"
-    summary = "straight-through discrete codes, pairwise likelihood on a memory bank of codes + balance term"
+    paper = "Zheng, Zhang, Lu. Deep balanced discrete hashing for image retrieval. Neurocomputing 2020"
+    summary = "straight-through discrete codes, pairwise likelihood on the codes + balance term"
     supervised = True
     Params = DBDHParams
 
@@ -58,17 +67,26 @@ class DBDH(Method):
         p = self.params
         if p.balance not in ("code", "bit"):
             raise ConfigError(f"dbdh: balance must be 'code' or 'bit', got {p.balance!r}")
-        if p.alpha < 0 or p.p <= 0 or p.scale <= 0:
-            raise ConfigError("dbdh: alpha >= 0, p > 0 and scale > 0 are required")
+        if p.pairs not in ("batch", "bank"):
+            raise ConfigError(f"dbdh: pairs must be 'batch' or 'bank', got {p.pairs!r}")
+        if p.alpha < 0 or p.p <= 0 or p.theta_scale <= 0:
+            raise ConfigError("dbdh: alpha >= 0, p > 0 and theta_scale > 0 are required")
+        self.bank: MemoryBank | None = None
 
     def setup(self, ctx: TrainContext) -> None:
-        self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        if self.params.pairs == "bank":
+            self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
 
     def loss(self, out, batch, ctx):
         b = straight_through_sign(out["z"])
-        self.bank.update(batch["index"], b)
-        bank_codes, s, mask = self.bank.pairs(batch["label"])
-        likelihood = pairwise_likelihood(b, bank_codes, s, scale=self.params.scale, mask=mask)
+        labels = batch["label"]
+        if self.bank is None:
+            other, s = b, label_similarity(labels, labels)
+            mask = 1.0 - torch.eye(len(b), device=b.device)  # i != j
+        else:
+            self.bank.update(batch["index"], b)
+            other, s, mask = self.bank.pairs(labels)
+        likelihood = pairwise_likelihood(b, other, s, scale=self.params.theta_scale / self.bits, mask=mask)
         balance = balance_term(b, self.params.balance, self.params.p)
         loss = likelihood + self.params.alpha * balance
         return loss, {"likelihood": float(likelihood.detach()), "balance": float(balance.detach())}
