@@ -3,7 +3,9 @@
 A grid file (YAML):
 
     name: table3-fmnist
-    out: benchmarks/results/table3          # run folders, results.json and the report go here
+    out: benchmarks/results/table3          # results.json, the report and its figures go here
+    runs: benchmarks/runs/fmnist            # run folders (default: <out>/runs); grids with the same base can
+                                            # share one, so a row they have in common is trained once
     base:                                   # a config layer applied to every run (same keys as --config)
       data: {dataset: fmnist, protocol: fmnist, image_size: 64}
       model: {backbone: efficientnet_lite0, freeze: block5, output_stride: 16}
@@ -46,6 +48,7 @@ class GridRun:
 class Grid:
     name: str
     out: Path
+    runs_dir: Path
     base: dict
     runs: list[GridRun]
     source: str
@@ -60,7 +63,7 @@ def _row_label(row: dict) -> str:
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     spec = load_yaml(path)
-    unknown = set(spec) - {"name", "out", "base", "bits", "rows", "description"}
+    unknown = set(spec) - {"name", "out", "runs", "base", "bits", "rows", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     rows = spec.get("rows")
@@ -84,8 +87,9 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two rows make the same run; give them distinct labels")
     out_dir = Path(out or spec.get("out") or Path("runs") / spec.get("name", Path(path).stem))
-    return Grid(name=spec.get("name", Path(path).stem), out=out_dir, base=spec.get("base") or {}, runs=runs,
-                source=str(path))
+    runs_dir = Path(spec["runs"]) if spec.get("runs") and not out else out_dir / "runs"
+    return Grid(name=spec.get("name", Path(path).stem), out=out_dir, runs_dir=runs_dir, base=spec.get("base") or {},
+                runs=runs, source=str(path))
 
 
 def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = None) -> RunConfig:
@@ -93,7 +97,7 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
     grid.out.mkdir(parents=True, exist_ok=True)
     base_file.write_text(yaml.safe_dump(grid.base, sort_keys=False))
     overrides = [f"model.bits={run.bits}", f"method.ablate={json.dumps(run.ablate)}", f"name={run.name}",
-                 f"out_dir={grid.out}", *run.overrides, *(extra_overrides or [])]
+                 f"out_dir={grid.runs_dir}", *run.overrides, *(extra_overrides or [])]
     return build_config(run.method, [str(base_file)], None, overrides)
 
 
@@ -107,7 +111,7 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
     todo = [r for r in grid.runs if only is None or only in r.name]
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
-        run_dir = grid.out / run.name
+        run_dir = grid.runs_dir / run.name
         metrics_file = run_dir / "metrics.json"
         if metrics_file.exists() and _same_config(run_dir, cfg):
             result = json.loads(metrics_file.read_text())
