@@ -40,18 +40,22 @@ def test_loss_hand_checked_on_the_discrete_codes_of_a_batch():
     assert loss.item() == pytest.approx(likelihood + 0.1 * balance, rel=1e-6)
 
 
-def test_gradient_reaches_z_as_the_gradient_at_the_codes():
+def test_gradient_reaches_z_as_the_gradient_at_the_codes_clipped_beyond_one():
     z, b, labels = hand_case()
-    method = create_method("dbdh", {}, bits=4, num_classes=2, num_train=3)
-    loss, _ = method.loss({"z": z}, {"label": labels, "index": torch.arange(3)}, None)
-    loss.backward()
     # the same loss written directly on b, no sign involved
     b = b.requires_grad_(True)
     s = (labels @ labels.t() > 0).float()
     direct = pairwise_likelihood(b, b, s, scale=2.5 / 4, mask=1 - torch.eye(3)) + 0.1 * balance_term(b)
     direct.backward()
-    assert direct.item() == pytest.approx(loss.item(), rel=1e-6)
-    assert torch.allclose(z.grad, b.grad) and z.grad.abs().sum() > 0  # identity, even where |z| > 1
+    inside = (z.abs() <= 1).float()
+    for clip, expected in ((None, b.grad), (1.0, b.grad * inside)):
+        method = create_method("dbdh", {"ste_clip": clip}, bits=4, num_classes=2, num_train=3)
+        z.grad = None
+        loss, _ = method.loss({"z": z}, {"label": labels, "index": torch.arange(3)}, None)
+        loss.backward()
+        assert loss.item() == pytest.approx(direct.item(), rel=1e-6)
+        assert torch.allclose(z.grad, expected)
+    assert 0 < inside.sum() < inside.numel() and z.grad.abs().sum() > 0
 
 
 def test_bank_pairs_keep_the_discrete_codes():

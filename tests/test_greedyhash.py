@@ -19,6 +19,10 @@ def test_straight_through_sign_forward_is_the_code_and_backward_is_the_identity(
     upstream = torch.tensor([[0.7, -3.0, 2.5, 0.0, -0.1]])
     b.backward(upstream)
     assert torch.equal(h.grad, upstream)  # exactly the identity, whatever |h| is
+    # the clipped form passes it only where |h| <= clip
+    h.grad = None
+    straight_through_sign(h, clip=1.0).backward(upstream)
+    assert torch.equal(h.grad, upstream * torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]]))
     # torch.sign itself passes no gradient at all
     h2 = h.detach().clone().requires_grad_(True)
     torch.sign(h2).backward(upstream)

@@ -16,14 +16,25 @@ from attnhash.methods.losses import sign
 
 class _StraightThroughSign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor) -> Tensor:  # noqa: D102 - see module docstring
+    def forward(ctx, h: Tensor, clip: float | None) -> Tensor:  # noqa: D102 - see module docstring
+        ctx.clip = clip
+        if clip is not None:
+            ctx.save_for_backward(h)
         return sign(h)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tensor:  # noqa: D102
-        return grad_output
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        if ctx.clip is None:
+            return grad_output, None
+        (h,) = ctx.saved_tensors
+        return grad_output * (h.abs() <= ctx.clip).to(grad_output.dtype), None
 
 
-def straight_through_sign(h: Tensor) -> Tensor:
-    """sign(h) in {-1, +1} (sign(0) = +1) whose backward pass is the identity."""
-    return _StraightThroughSign.apply(h)
+def straight_through_sign(h: Tensor, clip: float | None = None) -> Tensor:
+    """sign(h) in {-1, +1} (sign(0) = +1) whose backward pass is the identity.
+
+    With `clip`, the gradient passes only where |h| <= clip (the saturating estimator of Hubara et al.,
+    "Binarized Neural Networks", NIPS 2016: the backward of a hard tanh), so an entry already decided
+    beyond the clip stops being pushed.
+    """
+    return _StraightThroughSign.apply(h, clip)

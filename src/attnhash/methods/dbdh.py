@@ -6,24 +6,32 @@ and they are trained with the straight-through estimator; the loss combines a pa
 labels with a balance controlling term. Its full text is not available here, so the exact forms below are
 choices (each one a parameter):
 
-    b = sign(z) in the forward pass, identity gradient (attnhash.methods._straight_through)
+    b = sign(z) in the forward pass; backward dL/dz = dL/db where |z| <= 1, else 0
+        (the straight-through estimator as binarised networks use it, Hubara et al. NIPS 2016, the backward
+        of a hard tanh; attnhash.methods._straight_through)
     L = mean over the pairs i != j of the batch of  log(1 + e^theta_ij) - s_ij theta_ij
         + alpha * balance(b),          theta_ij = theta_scale * <b_i, b_j> / K
   - the pairwise term is DPSH's negative log-likelihood (DBDH builds on DPSH's pairwise model) on the
     discrete codes.
   - theta_scale = 2.5 (choice). DPSH's theta = <u_i, u_j>/2 is made for relaxed codes that can stay small;
     on +-1 codes it is K/2 times the cosine (24 at 48 bits), so unrelated codes already sit at |theta| ~ 3.5
-    and every sigmoid saturates. Measured on the fmnist smoke run (48 bits): theta = <b_i, b_j>/2 gives
-    chance-level mAP (0.13); theta_scale = 2.5 gives 0.48.
+    and every sigmoid saturates.
+  - the clipped estimator (`ste_clip` = 1, choice; null gives the plain identity): the loss on +-1 codes never
+    stops pushing contested bits, and with the identity every push moves the network; with the clip a bit
+    already decided beyond |z| = 1 is left alone.
   - pairs (`pairs`, choice): "batch" (default), both codes of a pair from the same forward pass, the
     gradient reaching both. "bank" compares the batch with a memory bank of every training item's last code
     (as DPSH): with discrete codes the bank is stale and noisy (dropout / drop-connect alone flip ~28% of the
-    bits of a fresh pretrained network between two passes) and training fails (0.11 mAP on the smoke run).
+    bits of a fresh pretrained network between two passes of the same images) and training fails.
   - balance (`balance`): "code" (default) = mean over items of |mean over bits of b_i|^p, every code has as
     many +1 as -1 bits, as the public re-implementation of DBDH (DeepHash-pytorch); "bit" = mean over bits
     of |mean over the batch of b_k|^p, every bit is +1 for half of the items (the classic bit balance).
   - alpha = 0.1 and p = 2, the re-implementation's values (the paper's are not known here).
 Because the codes are binary in the forward pass there is no quantisation term: there is nothing to quantise.
+
+Measured (fmnist, 48 bits, 32 px, EfficientNet-Lite0 frozen to block5, 2,000 training images, 5 epochs, the
+recipe's optimiser; mAP@ALL on 500 queries x 5,000): these defaults 0.65; identity gradient 0.52 (the loss
+rises after epoch 2); theta_scale = 24 (DPSH's theta at 48 bits) 0.10; pairs = bank 0.10.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ class DBDHParams:
     balance: str = "code"  # code: per item over its bits | bit: per bit over the batch
     theta_scale: float = 2.5  # theta_ij = theta_scale * <b_i, b_j> / K (theta_scale times the code cosine)
     pairs: str = "batch"  # batch: pairs within the batch | bank: the batch against every training item's code
+    ste_clip: float | None = 1.0  # pass the gradient only where |z| <= ste_clip (None: the identity everywhere)
 
 
 def balance_term(b: Tensor, kind: str = "code", p: float = 2.0) -> Tensor:
@@ -78,7 +87,7 @@ class DBDH(Method):
             self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
 
     def loss(self, out, batch, ctx):
-        b = straight_through_sign(out["z"])
+        b = straight_through_sign(out["z"], self.params.ste_clip)
         labels = batch["label"]
         if self.bank is None:
             other, s = b, label_similarity(labels, labels)
