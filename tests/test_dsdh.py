@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.dsdh import b_objective, b_step, w_step
-from attnhash.methods.losses import sign
+from attnhash.methods.losses import MemoryBank, sign
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 
@@ -63,6 +64,24 @@ def test_b_step_lowers_its_objective_and_ends_coordinate_wise_optimal():
             flipped = b.clone()
             flipped[i, j] *= -1
             assert b_objective(flipped, u, y, w, mu, eta).item() >= best - 1e-4
+
+
+def test_update_every_redoes_the_b_and_w_steps_during_an_epoch():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.eye(3)[torch.randint(0, 3, (20,), generator=g)]
+    method = create_method("dsdh", {"update_every": 2}, bits=8, num_classes=3, num_train=20)
+    method.bank = MemoryBank(20, 8, labels)
+    method.bank.update(torch.arange(20), torch.randn(20, 8, generator=g))
+    method.B = sign(method.bank.codes.t()).contiguous()
+    ctx = TrainContext(network=None, forward=None, optimizer=None, train_labels=labels, num_train=20, epochs=1,
+                       device=torch.device("cpu"), log=lambda m: None)
+    batch = {"label": labels[:4], "index": torch.arange(4)}
+    ctx.step = 1
+    method.loss({"z": torch.randn(4, 8, generator=g)}, batch, ctx)
+    assert torch.count_nonzero(method.W) == 0  # not a multiple of update_every: W untouched
+    ctx.step = 2
+    method.loss({"z": torch.randn(4, 8, generator=g)}, batch, ctx)
+    assert torch.allclose(method.W, w_step(method.B, labels.t(), 1.0, 0.1), atol=1e-5)
 
 
 def test_training_alternates_with_the_b_and_w_steps(fmnist, quick_train):
