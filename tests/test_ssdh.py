@@ -7,7 +7,7 @@ from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.similarity import ssdh_similarity
 from conftest import fmnist_batches
 
-SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, n_batches=3, batch_size=24)
+SMALL = dict(bits=32, image_size=32, model={"freeze": "layer4"}, n_batches=3, batch_size=24)
 
 
 def test_ssdh_is_unsupervised_and_has_no_ablations():

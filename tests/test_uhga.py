@@ -9,7 +9,8 @@ from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.uhga import GradientAttention, balance_loss
 from conftest import fmnist_batches
 
-SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, n_batches=3, batch_size=24)
+SMALL = dict(bits=32, image_size=32, model={"freeze": "layer4"}, n_batches=3, batch_size=24)
+WITH_LAYER4 = dict(SMALL, model={"freeze": "layer3"})  # a trainable backbone stage, to watch its gradient
 
 
 class NoLabels(dict):
@@ -50,7 +51,7 @@ def test_attention_starts_at_one_and_stays_in_range():
 
 def test_attention_weights_change_the_gradient_that_reaches_the_network(fmnist, quick_train):
     # a livelier attention (lr 1e-2) so that a few steps give it per-bit differences to show
-    _, method, network = quick_train("uhga", fmnist, steps=6, params={"attention_lr": 1e-2}, **SMALL)
+    _, method, network = quick_train("uhga", fmnist, steps=6, params={"attention_lr": 1e-2}, **WITH_LAYER4)
     batches = unlabeled_batches(fmnist)
     ctx = frozen_lr_context(network, batches)
     watched = {"hash": network.hash_layer[-1].weight, "backbone": network.backbone.layer4[1].conv2.weight}
@@ -108,6 +109,6 @@ def test_uhga_trains_on_fashion_mnist_without_labels(fmnist, quick_train):
 
 def test_squared_loss_variant_and_bank_pairs_train(fmnist, quick_train):
     losses, method, _ = quick_train("uhga", fmnist, steps=6, params={"loss": "squared", "pairs": "bank"},
-                                   **SMALL)
+                                   **WITH_LAYER4)
     assert method.pairs.mode == "bank" and bool(method.pairs.filled.all())
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3

@@ -41,7 +41,7 @@ class SSDHParams:
 class SSDH(Method):
     name = "ssdh"
     paper = "Yang, Deng, Liu, Liu, Tao. Semantic Structure-based Unsupervised Deep Hashing. IJCAI 2018"
-    summary = "unsupervised: S from cosine distances of pretrained features (two half Gaussians), squared loss on <h,h>/K"
+    summary = "unsupervised: S from cosine distances of pretrained features, squared loss on <h_i,h_j>/K"
     supervised = False
     Params = SSDHParams
 

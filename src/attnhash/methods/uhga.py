@@ -40,10 +40,11 @@ Gradient attention (seed 001 Algorithm 1 and eqs. 16-18, after Huang et al.), on
      dividing by the RMS of the plain step makes eta (`lookahead_step`) a size in z units independent of
      the loss scale. eta = 1 (choice): a step of one unit of z is the scale at which tanh codes flip, so
      the look-ahead sees the dilemma of seed 001 sec. 2.2 (in "batch" pairs both codes of a pair move and
-     can jump past each other). Weights are not renormalised: like Huang et al.'s, they may speed the step
-     up (w > 1) as well as damp it. Observed on Fashion-MNIST: with a small eta (0.5) the weights grow
-     (acceleration), with a large one (2) the similarity weights shrink below 1; the spread across bits
-     and items is what changes the direction of the update (with Adam a uniform scale does not matter).
+     can jump past each other). Weights are not renormalised, so they can speed a step up (w > 1; Huang et
+     al.'s aim is faster learning) as well as damp it. Observed on Fashion-MNIST: with a small eta (0.5)
+     the weights grow (acceleration), with a large one (2) the similarity weights shrink below 1; the
+     spread across bits and items is what changes the direction of the update (with Adam a uniform scale
+     does not matter).
 
 Ablation `gradient_attention`: plain gradients (g = g_sim + g_reg, i.e. ordinary backpropagation of L), the
 seed's "Ours" row against "Ours+GA".
@@ -117,7 +118,7 @@ class GradientAttention(nn.Module):
 class UHGA(Method):
     name = "uhga"
     paper = "Jiang, Wang, Cheng, Du, Li. Unsupervised Hashing with Gradient Attention. Symmetry 2020"
-    summary = "unsupervised: SSDH similarity, pairwise likelihood + quantisation/balance, gradient attention with look-ahead"
+    summary = "unsupervised: SSDH similarity, likelihood + quantisation/balance, look-ahead gradient attention"
     supervised = False
     Params = UHGAParams
     ablations = {"gradient_attention": "plain gradients instead of the attention-weighted ones (the 'Ours' row)"}
