@@ -3,7 +3,8 @@
 Forward: b = sign(h) with attnhash's convention sign(0) = +1, so the codes seen in training are exactly the
 codes the encoder will store. Backward: the gradient passes through unchanged, dL/dh = dL/db (the
 straight-through estimator of Bengio et al. 2013 without clipping; GreedyHash, Su et al. NeurIPS 2018,
-sec. 3.2 and eq. 7, argues for exactly this identity backward).
+argues for exactly this identity backward: its greedy update of the codes, carried out by backpropagation).
+`clip` gives the saturating form instead (DBDH's default, see attnhash.methods.dbdh).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """CSQ: Yuan, Wang, Mei, Jiang, Yan, Tian, Feng, "Central Similarity Quantization for Efficient Image and
 Video Retrieval", CVPR 2020.
 
-Every class c gets a hash centre C_c in {-1, +1}^K, far from the others in Hamming distance (sec. 3):
-  - K a power of two and C <= 2K: rows of a Hadamard matrix H_K and of -H_K (the paper's Algorithm 1).
+Every class c gets a hash centre C_c in {-1, +1}^K, far from the others in Hamming distance:
+  - K a power of two and C <= 2K: rows of a Hadamard matrix H_K and of -H_K (the paper's construction).
     Any two of these are exactly K/2 apart (a row and its own negation K apart). The Sylvester H_K has an
     all-ones first column, so that bit is +1 in every centre: one constant bit, as in the paper.
   - otherwise (48 bits, or more classes than 2K): centres drawn bit by bit from Bernoulli(1/2), whose
@@ -17,7 +17,7 @@ Every class c gets a hash centre C_c in {-1, +1}^K, far from the others in Hammi
     fixed random +-1 vector (the paper breaks ties at random; fixed, as the authors' code, so an item's
     centre does not change between epochs).
 
-Loss (sec. 3, central similarity + quantisation) on h = tanh(z), averaged over items and bits:
+Loss (the paper's central similarity + quantisation) on h = tanh(z), averaged over items and bits:
     L_C = BCE((h + 1)/2, (C + 1)/2)      [(tanh(z) + 1)/2 = sigmoid(2z): computed from the logits 2z]
     L_Q = log cosh(|h| - 1)              (the paper's smooth quantisation term; ~ (|h| - 1)^2 / 2)
     L   = L_C + lambda * L_Q,  lambda = 1e-4.
@@ -114,7 +114,7 @@ def central_similarity_loss(z: Tensor, targets: Tensor, weight: Tensor | None = 
 
 
 def csq_quantization(h: Tensor) -> Tensor:
-    """Mean of log cosh(|h| - 1) (CSQ's smooth quantisation term, eq. 6)."""
+    """Mean of log cosh(|h| - 1) (CSQ's smooth quantisation term)."""
     x = h.abs() - 1.0
     # log cosh x = |x| + log(1 + e^{-2|x|}) - log 2, without overflow
     return (x.abs() + F.softplus(-2.0 * x.abs()) - math.log(2.0)).mean()

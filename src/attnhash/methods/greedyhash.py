@@ -2,10 +2,10 @@
 CNN", NeurIPS 2018 (supervised variant).
 
 The hash layer output h = z is binarised in the forward pass, b = sign(h), and the gradient goes straight
-through, dL/dh = dL/db (the paper's eq. 7: the greedy step of eq. 6 solved by backpropagation; see
+through, dL/dh = dL/db (the paper's greedy update of the codes, carried out by backpropagation; see
 attnhash.methods._straight_through). So the loss is computed on the very codes the encoder stores.
 
-Loss (sec. 3.3, eq. 9):
+Loss (the paper's supervised objective):
     L = classification(W^T b, y) + alpha * mean(| |h| - 1 |^p),   p = 3, alpha = 0.1
   - the classification layer W (K -> classes, no bias, as the authors' code) is this method's own
     nn.Linear on b, trained with the network (the optimiser gets the method's parameters). It is not part
@@ -14,7 +14,8 @@ Loss (sec. 3.3, eq. 9):
     data (choice: the paper only has single-label experiments); `classification: auto` picks by whether
     every training item has exactly one label.
   - the penalty pulls |h| to 1 so that sign(h) and h stay close and the straight-through gradient is
-    accurate (paper sec. 3.3). alpha multiplies the mean over entries, as the authors' code (alpha = 0.1).
+    accurate (the paper's motivation for it). alpha multiplies the mean over entries, as the authors' code
+    (alpha = 0.1).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class GreedyHashParams:
 
 
 def greedy_penalty(h: Tensor, p: float = 3.0) -> Tensor:
-    """mean over entries of | |h| - 1 |^p (GreedyHash eq. 9's regulariser, averaged)."""
+    """mean over entries of | |h| - 1 |^p (GreedyHash's regulariser, averaged)."""
     return (h.abs() - 1.0).abs().pow(p).mean()
 
 

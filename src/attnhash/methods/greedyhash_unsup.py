@@ -1,5 +1,5 @@
 """GreedyHash, unsupervised variant: Su, Zhang, Huang, Tian, "Greedy Hash: Towards Fast Optimization for
-Accurate Hash Coding in CNN", NeurIPS 2018, sec. 3.4.
+Accurate Hash Coding in CNN", NeurIPS 2018 (its unsupervised experiments).
 
 No labels are read (the trainer leaves them out of the batches). The codes b = sign(h) (straight-through
 backward, attnhash.methods._straight_through) keep the cosine similarity structure of pretrained features f:
