@@ -214,6 +214,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
         train_loader=batches,
         steps_per_epoch=len(batches),
         amp=cfg.train.amp == "bf16",
+        grad_clip=cfg.optim.grad_clip,
         log=log,
     )
     method.setup(ctx)
@@ -235,8 +236,6 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         for batch in bar:
             parts = method.training_step(batch, ctx)
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.optim.grad_clip)
             ctx.step += 1
             steps += 1
             for k, v in parts.items():

@@ -38,8 +38,16 @@ class TrainContext:
     step: int = 0  # optimisation steps done so far
     steps_per_epoch: int = 0
     amp: bool = False  # bf16 autocast on
+    grad_clip: float | None = None  # max gradient norm of the network's parameters (optim.grad_clip)
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)  # free space for a method's own bookkeeping
+
+    def optimizer_step(self) -> None:
+        """Clip the gradients (when configured) and take the optimizer step: call this instead of
+        optimizer.step() in a method's own training_step, so clipping happens between backward and step."""
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.optimizer.step()
 
 
 class Method(nn.Module):
@@ -89,7 +97,7 @@ class Method(nn.Module):
         loss, parts = self.loss(out, batch, ctx)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        ctx.optimizer.step()
+        ctx.optimizer_step()
         return {"loss": float(loss.detach()), **parts}
 
     def trainable_parameters(self, network: HashingNetwork) -> list[dict]:

@@ -203,7 +203,7 @@ class UHGA(Method):
         # eq. 18: the network follows the rescaled gradient
         ctx.optimizer.zero_grad(set_to_none=True)
         h.backward(g_att.detach())
-        ctx.optimizer.step()
+        ctx.optimizer_step()
 
         # look-ahead: the loss after the update, through the codes, trains the attention MLP
         slope = 1.0 - code.pow(2)
