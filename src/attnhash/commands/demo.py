@@ -18,8 +18,8 @@ from attnhash.commands.common import add_run_flags, config_from_args
 # Chosen so the whole job takes minutes on 2 CPU cores (see README "The main job").
 DEMO_DEFAULTS = [
     "data.image_size=32",
-    "model.freeze=block5",
-    "train.epochs=4",
+    "model.freeze=block3",
+    "train.epochs=10",
 ]
 
 
