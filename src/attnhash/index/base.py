@@ -118,6 +118,26 @@ class Index(ABC):
         """Read an index file written by any backend's `save`."""
 
     # ---- helpers shared by all backends ---------------------------------------------------------------
+    def _new_ids(self, ids, m: int, metadata) -> np.ndarray:
+        """The ids of m items being added (given, or the next free ones), refused when they are negative,
+        repeat, or are already in the index; also checks the metadata count."""
+        if metadata is not None and len(metadata) != m:
+            raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
+        if ids is None:
+            return np.arange(self._next_id, self._next_id + m, dtype=np.int64)
+        new_ids = _as_ids(ids)
+        if len(new_ids) != m:
+            raise ValueError(f"got {len(new_ids)} ids for {m} codes")
+        if m and new_ids.min() < 0:
+            raise ValueError("ids must be >= 0 (-1 pads search results)")
+        if len(np.unique(new_ids)) != m:
+            raise ValueError("ids given to add() repeat")
+        low = new_ids[new_ids < self._next_id]  # ids at or above next_id cannot be present yet
+        present = low[self.contains(low)] if len(low) else low
+        if len(present):
+            raise ValueError(f"ids already in the index: {present[:5].tolist()}")
+        return new_ids
+
     def check_fingerprint(self, query_fingerprint: str | None, what: str = "the query model") -> None:
         """Refuse queries from a model other than the one that built the index (IndexFileError)."""
         if self._fingerprint and query_fingerprint and self._fingerprint != query_fingerprint:
@@ -401,24 +421,7 @@ class LocalIndex(Index):
             metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
         c = self._codes_in(codes)
         m = len(c)
-        if metadata is not None and len(metadata) != m:
-            raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
-        if ids is None:
-            new_ids = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
-        else:
-            new_ids = _as_ids(ids)
-            if len(new_ids) != m:
-                raise ValueError(f"got {len(new_ids)} ids for {m} codes")
-            if m and new_ids.min() < 0:
-                raise ValueError("ids must be >= 0 (-1 pads search results)")
-            if len(np.unique(new_ids)) != m:
-                raise ValueError("ids given to add() repeat")
-            # ids at or above next_id cannot be present; only check the others
-            low = new_ids[new_ids < self._next_id]
-            if len(low):
-                present = self._map().lookup(low) >= 0
-                if present.any():
-                    raise ValueError(f"ids already in the index: {low[present][:5].tolist()}")
+        new_ids = self._new_ids(ids, m, metadata)
         if m == 0:
             return new_ids
         first = len(self._ids)

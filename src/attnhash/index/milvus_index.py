@@ -208,22 +208,7 @@ class MilvusIndex(Index):
             metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
         c = self._codes_in(codes)
         m = len(c)
-        if metadata is not None and len(metadata) != m:
-            raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
-        if ids is None:
-            new_ids = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
-        else:
-            new_ids = _as_ids(ids)
-            if len(new_ids) != m:
-                raise ValueError(f"got {len(new_ids)} ids for {m} codes")
-            if m and new_ids.min() < 0:
-                raise ValueError("ids must be >= 0 (-1 pads search results)")
-            if len(np.unique(new_ids)) != m:
-                raise ValueError("ids given to add() repeat")
-            low = new_ids[new_ids < self._next_id]
-            present = low[self.contains(low)] if len(low) else low
-            if len(present):
-                raise ValueError(f"ids already in the index: {present[:5].tolist()}")
+        new_ids = self._new_ids(ids, m, metadata)
         if m == 0:
             return new_ids
         metas = [json.dumps(md, separators=(",", ":"), ensure_ascii=False) if md else ""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
+from attnhash.methods._train_pass import collect_outputs
 
 MAX_ITEMS = 65_536  # S is N x N int8: 4 GiB at this size
 FINE_BINS = 16_384  # resolution of the first-pass histogram on [0, 2]: bin width 1.2e-4
@@ -179,40 +180,15 @@ def ssdh_similarity(
     return s, stats
 
 
-@torch.no_grad()
-def extract_train_features(ctx, key: str = "features") -> tuple[Tensor, Tensor]:
-    """One pass over ctx.train_loader with the network in eval mode: (N x D features, N filled flags).
-
-    Rows are filled by each batch's "index". The trainer drops a last batch of one item, so an item can
-    be missing from one pass; its flag is False.
-    """
-    network = ctx.network
-    was_training = network.training
-    network.eval()
-    feats: Tensor | None = None
-    filled = torch.zeros(ctx.num_train, dtype=torch.bool, device=ctx.device)
-    try:
-        for batch in ctx.train_loader:
-            out = ctx.forward(batch)[key].float()
-            if feats is None:
-                feats = torch.zeros(ctx.num_train, out.shape[1], device=ctx.device)
-            index = batch["index"].to(ctx.device)
-            feats[index] = out.to(ctx.device)
-            filled[index] = True
-    finally:
-        network.train(was_training)
-    if feats is None:
-        raise ConfigError("the training set is empty: no features for the SSDH similarity")
-    return feats, filled
-
-
 def build_similarity(ctx, alpha: float, beta: float, bins: int, log: Callable[[str], None]) -> Tensor:
     """S of the training set from the network's own (pretrained) pooled features, logged; int8 on ctx.device."""
     weights = getattr(ctx.network.backbone, "weights_source", "random")
     if weights == "random":
         log("warning: the backbone has random weights; the SSDH similarity of untrained features carries "
             "little meaning (use a pretrained backbone, e.g. efficientnet_lite0, or --weights PATH)")
-    feats, filled = extract_train_features(ctx)
+    if ctx.num_train == 0:
+        raise ConfigError("the training set is empty: no features for the SSDH similarity")
+    feats, filled = collect_outputs(ctx, "features")
     missing = int((~filled).sum())
     if missing:
         log(f"SSDH similarity: {missing} training item(s) not seen in the feature pass; their pairs are unknown")
