@@ -105,3 +105,24 @@ def train_steps(method_name: str, source, steps: int = 12, bits: int = 32, backb
 @pytest.fixture
 def quick_train():
     return train_steps
+
+
+@pytest.fixture(scope="module")
+def shared_backbones():
+    """Each backbone built once for a module's grid of (backbone, bits) networks: building ResNet50 and
+    AlexNet again for every case would dominate those tests. Only plain builds (no extra kwargs) are shared."""
+    import attnhash.models.network as network_module
+
+    cache = {}
+    real = network_module.create_backbone
+
+    def cached(name, weights="auto", **kwargs):
+        if kwargs:
+            return real(name, weights=weights, **kwargs)
+        if name not in cache:
+            cache[name] = real(name, weights=weights).eval()
+        return cache[name]
+
+    network_module.create_backbone = cached
+    yield
+    network_module.create_backbone = real

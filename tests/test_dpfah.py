@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import attnhash.models.network as network_module
 from attnhash.config import build_config
 from attnhash.encoder import build_code_model
 from attnhash.errors import ConfigError
@@ -115,24 +114,6 @@ def test_encoder_rebuilds_the_same_network(ablate):
     trained = make(bits=32, num_classes=10, ablate=ablate).build_network(cfg.model)
     rebuilt = build_code_model(cfg, {"num_classes": 10})
     assert list(rebuilt.state_dict()) == list(trained.state_dict())
-
-
-@pytest.fixture(scope="module")
-def shared_backbones():
-    """Each backbone built once for the whole grid (building ResNet50/AlexNet dominates otherwise)."""
-    cache = {}
-    real = network_module.create_backbone
-
-    def cached(name, weights="auto", **kwargs):
-        if kwargs:
-            return real(name, weights=weights, **kwargs)
-        if name not in cache:
-            cache[name] = real(name, weights=weights).eval()
-        return cache[name]
-
-    network_module.create_backbone = cached
-    yield
-    network_module.create_backbone = real
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
