@@ -51,4 +51,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "optim": {"lr": args.lr},
         "method": {"ablate": [a for a in args.ablate.split(",") if a] if args.ablate else None},
     }
-    return build_config(args.method, args.config, flags, args.overrides)
+    cfg = build_config(args.method, args.config, flags, args.overrides)
+    check_method_name(cfg.method.name)
+    return cfg
+
+
+def check_method_name(name: str) -> None:
+    """ConfigError listing the known methods unless `name` is a deep or shallow method."""
+    from attnhash.methods.base import method_class
+    from attnhash.shallow import SHALLOW_METHODS
+
+    if name not in SHALLOW_METHODS:
+        method_class(name)
