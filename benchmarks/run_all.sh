@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every benchmark behind the issues' closing notes, in order; each writes its table under benchmarks/results/.
+# Takes hours on 2 CPU cores (about 100 training runs); an interrupted run resumes where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ATTNHASH_CACHE_DIR=${ATTNHASH_CACHE_DIR:-$PWD/benchmarks/cache}   # splits + shared frozen-stage cache
+python3 benchmarks/bench_throughput.py --image-size 32
+for grid in dpsh_backbones table3_attention supervised unsupervised; do
+  python3 -m attnhash experiment "benchmarks/grids/$grid.yaml" -q
+done
+python3 benchmarks/bench_index.py
+python3 benchmarks/load_test.py --workdir "${TMPDIR:-/tmp}/attnhash-load-test"
