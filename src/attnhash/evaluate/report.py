@@ -37,8 +37,9 @@ def table(results: list[dict], key: str, fmt: str = "{:.4f}", title: str | None 
 def describe_setting(results: list[dict]) -> str:
     r = results[0]
     top = "ALL" if r.get("topk") in (None, 0) else r["topk"]
+    backbones = ", ".join(dict.fromkeys(x["backbone"] for x in results))
     return (f"dataset {r['dataset']} ({r['protocol']} protocol: {r['num_queries']} queries, "
-            f"{r['num_database']} database items), backbone {r['backbone']}, metric mAP@{top}")
+            f"{r['num_database']} database items), backbone {backbones}, metric mAP@{top}")
 
 
 def markdown_report(results: list[dict], title: str, notes: str = "") -> str:
