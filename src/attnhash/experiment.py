@@ -103,29 +103,46 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
 
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
              only: str | None = None) -> list[dict]:
-    """Train and evaluate every run of the grid (skipping finished ones); returns their results."""
+    """Train and evaluate the grid's runs (those whose name contains `only`, if given), skipping finished
+    ones; returns the results of every finished run of the grid, so a partial grid still reports."""
     from attnhash.evaluate.run import evaluate_run
     from attnhash.train import train
 
-    results = []
     todo = [r for r in grid.runs if only is None or only in r.name]
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
         run_dir = grid.runs_dir / run.name
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.exists() and _same_config(run_dir, cfg):
-            result = json.loads(metrics_file.read_text())
+        result = _finished_result(run_dir, cfg)
+        if result is not None:
             log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
-        else:
-            log(f"[{k}/{len(todo)}] {run.name}: training")
-            t0 = time.time()
-            train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
-            _, result = evaluate_run(run_dir, progress=progress, plots=False)
-            log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
-        result["row"] = run.row
-        results.append(result)
-        _write_results(grid, results)
+            continue
+        log(f"[{k}/{len(todo)}] {run.name}: training")
+        t0 = time.time()
+        train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
+        _, result = evaluate_run(run_dir, progress=progress, plots=False)
+        log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
+        _write_results(grid, finished_results(grid, extra_overrides))
+    results = finished_results(grid, extra_overrides)
+    _write_results(grid, results)
     return results
+
+
+def finished_results(grid: Grid, extra_overrides: list[str] | None = None) -> list[dict]:
+    """The metrics of every run of the grid already trained and evaluated with the grid's current config."""
+    results = []
+    for run in grid.runs:
+        result = _finished_result(grid.runs_dir / run.name, run_config(grid, run, extra_overrides))
+        if result is not None:
+            result["row"] = run.row
+            results.append(result)
+    return results
+
+
+def _finished_result(run_dir: Path, cfg: RunConfig) -> dict | None:
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists() and _same_config(run_dir, cfg):
+        return json.loads(metrics_file.read_text())
+    return None
 
 
 def _same_config(run_dir: Path, cfg: RunConfig) -> bool:

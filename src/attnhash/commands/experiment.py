@@ -10,20 +10,22 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2")
     p.add_argument("--only", help="run only the runs whose name contains this text")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the report from the runs already finished")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import json
-
     from attnhash.evaluate.report import markdown_report, write_report
-    from attnhash.experiment import load_grid, run_grid
+    from attnhash.errors import ConfigError
+    from attnhash.experiment import finished_results, load_grid, run_grid
 
     grid = load_grid(args.grid, args.out)
     if args.report_only:
-        results = json.loads((grid.out / "results.json").read_text())
+        results = finished_results(grid, args.overrides)
+        if not results:
+            raise ConfigError(f"{args.grid}: no finished run of this grid under {grid.runs_dir}")
     else:
         results = run_grid(grid, args.overrides, progress=not args.quiet, only=args.only)
     path = write_report(results, grid.out, title=grid.name)

@@ -1,0 +1,85 @@
+"""Experiment grids: runs are named per row and code length, finished runs are reused, partial grids report."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from attnhash.errors import ConfigError
+from attnhash.experiment import finished_results, load_grid, run_grid
+
+# Real Fashion-MNIST, but a few hundred images and one epoch of an untrained ResNet18: seconds per run.
+TINY_BASE = {
+    "data": {"dataset": "fmnist", "protocol": "fmnist", "image_size": 32, "train_limit": 128,
+             "query_limit": 20, "database_limit": 200},
+    "model": {"backbone": "resnet18", "weights": "none"},
+    "train": {"epochs": 1, "batch_size": 32, "frozen_cache": "off", "seed": 0},
+}
+
+
+def write_grid(tmp_path, rows, bits=(16,), base=TINY_BASE):
+    spec = {"name": "tiny grid", "out": str(tmp_path / "out"), "runs": str(tmp_path / "runs"),
+            "base": base, "bits": list(bits), "rows": rows}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_runs_are_named_by_row_and_code_length(tmp_path):
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dpfah", "ablate": ["attention"]},
+                                           {"method": "uhga", "bits": [128], "label": "uhga long"}], bits=(16, 32)))
+    assert [(r.row, r.name) for r in grid.runs] == [
+        ("dpsh", "dpsh-16b"), ("dpsh", "dpsh-32b"),
+        ("dpfah w/o attention", "dpfah-no-attention-16b"), ("dpfah w/o attention", "dpfah-no-attention-32b"),
+        ("uhga long", "uhga_long-128b")]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"rows": [{"method": "dpsh"}], "colour": "red"}, "unknown key(s) colour"),
+    ({"rows": []}, "'rows' must be a non-empty list"),
+    ({"rows": [{"bits": [16]}]}, "row 1 needs a 'method'"),
+    ({"rows": [{"method": "dpsh"}, {"method": "dpsh"}]}, "two rows make the same run"),
+])
+def test_bad_grids_are_refused_by_name(tmp_path, spec, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="grid.yaml") as err:
+        load_grid(path)
+    assert message in str(err.value)
+
+
+def test_partial_grid_reports_and_resumes(tmp_path, fmnist):
+    path = write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh"}])
+    grid = load_grid(path)
+    logs = []
+    results = run_grid(grid, progress=False, log=logs.append, only="dsh-")
+    assert [(r["row"], r["bits"]) for r in results] == [("dsh", 16)]
+    assert (tmp_path / "runs" / "dsh-16b" / "metrics.json").exists()
+    assert not (tmp_path / "runs" / "dpsh-16b").exists()
+
+    # the whole grid: the finished run is reused, the other trained, both reported
+    logs.clear()
+    results = run_grid(grid, progress=False, log=logs.append)
+    assert [r["row"] for r in results] == ["dpsh", "dsh"]
+    assert any("dsh-16b: done before" in m for m in logs)
+    assert any("dpsh-16b: training" in m for m in logs)
+
+    # a changed config makes a run unfinished again, so a report never mixes settings
+    assert len(finished_results(grid)) == 2
+    assert finished_results(grid, ["train.epochs=2"]) == []
+
+    proc = subprocess.run([sys.executable, "-m", "attnhash", "experiment", str(path), "--report-only"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| dpsh |" in report and "| dsh |" in report
+    assert (tmp_path / "out" / "pr_16bits.png").exists()
+
+
+def test_report_only_with_nothing_finished_is_a_clear_error(tmp_path):
+    path = write_grid(tmp_path, [{"method": "dpsh"}])
+    proc = subprocess.run([sys.executable, "-m", "attnhash", "experiment", str(path), "--report-only"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no finished run" in proc.stderr
