@@ -156,3 +156,18 @@ def test_last_map_and_odd_shapes(name):
     torch.testing.assert_close(m(a.contiguous(memory_format=torch.channels_last)), y)
     one = m(torch.randn(2, 8, 1, 1))  # a 1x1 map (AlexNet at 64 px)
     assert one.shape == (2, 8, 1, 1) and torch.isfinite(one).all()
+
+
+@pytest.mark.parametrize("name", ["ida", "danet"])
+def test_width_adds_the_papers_input_convolution(name):
+    torch.manual_seed(0)
+    m = create_attention(name, 48, width=16)
+    assert m.out_channels == 16 and m.input.in_channels == 48 and m.query.out_channels == 2
+    x = torch.randn(2, 48, 3, 3)
+    a = m.input(x)
+    torch.testing.assert_close(m(x), a)  # scales 0: the module passes A on unchanged
+    with torch.no_grad():
+        m.alpha.fill_(0.5)
+        m.beta.fill_(0.5)
+    torch.testing.assert_close(m(x), literal_dual(m, a, improved=name == "ida").float(), rtol=1e-4, atol=1e-5)
+    assert create_attention(name, 48).input is None

@@ -116,8 +116,10 @@ def test_network_and_ablations():
 
 
 def test_ida_network_starts_as_the_plain_network():
-    with_ida = make(bits=16).build_network(model_cfg())
-    plain = make(bits=16, ablate=("attention",)).build_network(model_cfg())
+    no_input_conv = model_cfg(extra=("model.attention_args={}",))  # A = the backbone's map itself
+    with_ida = make(bits=16).build_network(no_input_conv)
+    assert with_ida.attention.input is None
+    plain = make(bits=16, ablate=("attention",)).build_network(no_input_conv)
     plain.load_state_dict({k: v for k, v in with_ida.state_dict().items() if not k.startswith("attention.")})
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
@@ -153,3 +155,17 @@ def test_training_lowers_the_loss(fmnist, quick_train):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert method.bank.filled.all() and method.bank.codes.abs().max() <= 1.0
     assert network.attention.alpha.item() != 0.0 and network.attention.beta.item() != 0.0  # the scales learn
+
+
+def test_recipe_width_sets_the_channels_the_hash_layer_sees(shared_backbones):
+    cfg = model_cfg("efficientnet_lite0")
+    assert cfg.attention_args == {"width": 512}
+    net = make(bits=16).build_network(cfg)
+    assert net.attention.input.in_channels == 1280 and net.hash_layer[-1].in_features == 512
+    plain = make(bits=16, ablate=("attention",)).build_network(cfg)
+    assert plain.hash_layer[-1].in_features == 1280
+    # AlexNet's fc6 takes 256 channels, so A keeps them; inside ResNet blocks the width cannot change
+    alexnet = make(bits=16).build_network(model_cfg("alexnet"))
+    assert alexnet.attention.out_channels == 256 and alexnet.hash_layer[-1].in_features == 4096
+    with pytest.raises(ConfigError, match="blocks"):
+        make(bits=16).build_network(model_cfg("resnet18", extra=("model.attention_placement=blocks",)))

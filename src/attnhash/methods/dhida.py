@@ -1,7 +1,8 @@
 """DHIDA: Deep Hash with Improved Dual Attention (Information 12(7):285, 2021; seed 002).
 
 Network (paper, Fig. 1): backbone -> IDA module on the last feature map (`ida`, see
-attnhash/models/attention/dual.py) -> pooling -> hash layer fch, u = W^T psi(x) + b (eq. 14, linear).
+attnhash/models/attention/dual.py; its input convolution makes A with 512 channels, the recipe's
+`width`) -> pooling -> hash layer fch, u = W^T psi(x) + b (eq. 14, linear).
 
 The piecewise function f(u) (eq. 1) is a hard tanh: 1 above 1, u on [-1, 1], -1 below -1; the code is
 h = sign(f(u)) (eq. 2, sign(0) = +1).

@@ -31,6 +31,14 @@ class HashingNetwork(nn.Module):
         self.attention = attention
         self.bits = bits
         dim = backbone.feature_dim
+        width = getattr(attention, "out_channels", backbone.out_channels)
+        if width != backbone.out_channels:  # an attention module with its own input convolution (DHIDA's A)
+            if backbone.feature_dim != backbone.out_channels:
+                raise ConfigError(
+                    f"{type(backbone).__name__}: its pooling layers expect {backbone.out_channels} channels, "
+                    f"so the attention module cannot change the width to {width} (leave its width unset)"
+                )
+            dim = width
         layers: list[nn.Module] = []
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
@@ -92,7 +100,11 @@ def build_network(cfg: ModelConfig, num_classes: int = 0) -> HashingNetwork:
             args = dict(cfg.attention_args)
 
             def block_attention(channels: int) -> nn.Module:
-                return create_attention(cfg.attention, channels, **args)
+                module = create_attention(cfg.attention, channels, **args)
+                if getattr(module, "out_channels", channels) != channels:
+                    raise ConfigError(f"model.attention_placement=blocks: attention '{cfg.attention}' must keep "
+                                      f"the block's {channels} channels (leave its width unset)")
+                return module
 
     kwargs = {"block_attention": block_attention} if block_attention is not None else {}
     if cfg.output_stride != 32:
@@ -101,7 +113,11 @@ def build_network(cfg: ModelConfig, num_classes: int = 0) -> HashingNetwork:
         kwargs["output_stride"] = cfg.output_stride
     backbone = create_backbone(cfg.backbone, weights=cfg.weights, **kwargs)
     if cfg.attention and cfg.attention_placement == "output":
-        attention = create_attention(cfg.attention, backbone.out_channels, **cfg.attention_args)
+        args = dict(cfg.attention_args)
+        if args.get("width") and backbone.feature_dim != backbone.out_channels:
+            # pooling with layers of its own (AlexNet's fc6) takes only the backbone's width
+            args["width"] = backbone.out_channels
+        attention = create_attention(cfg.attention, backbone.out_channels, **args)
     return HashingNetwork(
         backbone,
         bits=cfg.bits,
