@@ -162,7 +162,7 @@ def test_last_map_and_odd_shapes(name):
 def test_width_adds_the_papers_input_convolution(name):
     torch.manual_seed(0)
     m = create_attention(name, 48, width=16)
-    assert m.out_channels == 16 and m.input.in_channels == 48 and m.query.out_channels == 2
+    assert m.out_channels == 16 and m.input[0].in_channels == 48 and m.query.out_channels == 2
     x = torch.randn(2, 48, 3, 3)
     a = m.input(x)
     torch.testing.assert_close(m(x), a)  # scales 0: the module passes A on unchanged

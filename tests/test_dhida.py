@@ -161,7 +161,7 @@ def test_recipe_width_sets_the_channels_the_hash_layer_sees(shared_backbones):
     cfg = model_cfg("efficientnet_lite0")
     assert cfg.attention_args == {"width": 512}
     net = make(bits=16).build_network(cfg)
-    assert net.attention.input.in_channels == 1280 and net.hash_layer[-1].in_features == 512
+    assert net.attention.input[0].in_channels == 1280 and net.hash_layer[-1].in_features == 512
     plain = make(bits=16, ablate=("attention",)).build_network(cfg)
     assert plain.hash_layer[-1].in_features == 1280
     # AlexNet's fc6 takes 256 channels, so A keeps them; inside ResNet blocks the width cannot change
