@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="train + evaluate a grid (YAML) and write a report like the papers' tables")
-    p.add_argument("grid", help="grid YAML (see attnhash/configs/experiments/)")
+    p.add_argument("grid", help="grid YAML (the grids behind the benchmarks are in benchmarks/grids/)")
     p.add_argument("--out", help="output folder (default: the grid's `out`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2")

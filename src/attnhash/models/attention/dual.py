@@ -28,11 +28,11 @@ features reach the hash layer unchanged). `fusion="sum"` gives the literal sum.
 
 The paper feeds "the high-dimensional features" through a convolution layer to get A (section 3.3.1).
 `width` adds that layer, a 1x1 convolution from the backbone's channels to `width` followed by BN and
-ReLU as DANet's reference does before its attention, so A has `width` channels and the module's output too; without it (width=None) A is the backbone's last feature map itself
-and the module is the exact identity at initialisation. The DHIDA recipe sets width 512, the C of the
-paper's ResNet18; on EfficientNet-Lite0 (1280 channels) that also makes the C x C channel attention 6x
-cheaper. DANet's extra 3x3 convolutions before and after each branch (segmentation head) are not part of
-either module.
+ReLU as DANet's reference does before its attention, so A has `width` channels and the module's output
+too; without it (width=None) A is the backbone's last feature map itself and the module is the exact
+identity at initialisation. The DHIDA recipe sets width 512, the C of the paper's ResNet18; on
+EfficientNet-Lite0 (1280 channels) that also makes the C x C channel attention 6x cheaper. DANet's extra
+3x3 convolutions before and after each branch (segmentation head) are not part of either module.
 
 `last_map` (B, h, w): the position attention each location receives, averaged over the query locations
 (the column mean of P), from the last forward, detached.
@@ -96,8 +96,7 @@ class DualAttention(nn.Module):
             raise ValueError(f"channels, reduction and width must be positive, got {channels}, {reduction}, {width}")
         if fusion not in ("mean", "sum"):
             raise ValueError(f"fusion must be 'mean' or 'sum', got {fusion!r}")
-        # the paper's convolution layer that makes A from the backbone's features
-        # the paper's convolution layer making A; as DANet's (conv, BN, ReLU): the BN centres the backbone's
+        # the paper's convolution layer making A, as DANet's (conv, BN, ReLU): the BN centres the backbone's
         # all-positive features, without which a fresh projection leaves DHIDA's outputs near their zero saddle
         self.input = nn.Sequential(
             nn.Conv2d(channels, width, kernel_size=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
