@@ -1,5 +1,7 @@
 """Experiment grids: runs are named per row and code length, finished runs are reused, partial grids report."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -75,6 +77,32 @@ def test_partial_grid_reports_and_resumes(tmp_path, fmnist):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| dpsh |" in report and "| dsh |" in report
     assert (tmp_path / "out" / "pr_16bits.png").exists()
+
+
+def test_results_json_stands_in_for_run_folders_that_are_gone(tmp_path, fmnist):
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh"}]))
+    first = run_grid(grid, progress=False, log=lambda m: None)
+    assert all(r["config"]["model"]["bits"] == 16 for r in first)
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: run folders are not kept, results.json is
+
+    logs = []
+    again = run_grid(grid, progress=False, log=logs.append)
+    assert [r["mAP"] for r in again] == [r["mAP"] for r in first]
+    assert sum("done before" in m for m in logs) == 2 and not any("training" in m for m in logs)
+
+    # a record made with another config is not this grid's result: only that run is trained again
+    results_file = tmp_path / "out" / "results.json"
+    records = json.loads(results_file.read_text())
+    records[1]["config"]["train"]["epochs"] = 5
+    results_file.write_text(json.dumps(records))
+    logs.clear()
+    run_grid(grid, progress=False, log=logs.append)
+    assert any("dsh-16b: training" in m for m in logs) and any("dpsh-16b: done before" in m for m in logs)
+    assert [r["row"] for r in json.loads(results_file.read_text())] == ["dpsh", "dsh"]
+
+    results_file.write_text("{not json")
+    with pytest.raises(ConfigError, match="results.json: not valid JSON"):
+        finished_results(grid)
 
 
 def test_report_only_with_nothing_finished_is_a_clear_error(tmp_path):

@@ -18,7 +18,8 @@ A grid file (YAML):
       - {method: uhga, bits: [16, 32, 64, 128], set: ["train.epochs=4"]}
 
 Runs whose folder already holds a metrics.json made by the same config are skipped, so an interrupted grid
-resumes where it stopped.
+resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
+run folders that are gone.
 """
 
 from __future__ import annotations
@@ -109,15 +110,16 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
     from attnhash.train import train
 
     todo = [r for r in grid.runs if only is None or only in r.name]
+    recorded = _recorded_results(grid)
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
-        run_dir = grid.runs_dir / run.name
-        result = _finished_result(run_dir, cfg)
+        result = _finished_result(grid, run, _config_dict(cfg), recorded)
         if result is not None:
             log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
             continue
         log(f"[{k}/{len(todo)}] {run.name}: training")
         t0 = time.time()
+        run_dir = grid.runs_dir / run.name
         train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
         _, result = evaluate_run(run_dir, progress=progress, plots=False)
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
@@ -128,26 +130,48 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
 
 
 def finished_results(grid: Grid, extra_overrides: list[str] | None = None) -> list[dict]:
-    """The metrics of every run of the grid already trained and evaluated with the grid's current config."""
+    """The metrics, with the config, of every run of the grid already trained and evaluated with the grid's
+    current config."""
     results = []
+    recorded = _recorded_results(grid)
     for run in grid.runs:
-        result = _finished_result(grid.runs_dir / run.name, run_config(grid, run, extra_overrides))
+        config = _config_dict(run_config(grid, run, extra_overrides))
+        result = _finished_result(grid, run, config, recorded)
         if result is not None:
-            result["row"] = run.row
+            result.update(row=run.row, config=config)
             results.append(result)
     return results
 
 
-def _finished_result(run_dir: Path, cfg: RunConfig) -> dict | None:
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists() and _same_config(run_dir, cfg):
+def _finished_result(grid: Grid, run: GridRun, config: dict, recorded: dict[str, dict]) -> dict | None:
+    """The run's metrics if it was made with `config`: from its folder, or else from its record in the
+    grid's results.json, which carries each run's full config. Run folders are big and not kept with the
+    results, so a report can then be rebuilt anywhere, and a partial rerun never drops the rows it did not
+    retrain."""
+    run_dir = grid.runs_dir / run.name
+    metrics_file, saved = run_dir / "metrics.json", run_dir / "config.yaml"
+    if metrics_file.exists() and saved.exists() and yaml.safe_load(saved.read_text()) == config:
         return json.loads(metrics_file.read_text())
-    return None
+    record = recorded.get(run.name)
+    return record if record is not None and record.get("config") == config else None
 
 
-def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
-    saved = run_dir / "config.yaml"
-    return saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(cfg.to_yaml())
+def _config_dict(cfg: RunConfig) -> dict:
+    return yaml.safe_load(cfg.to_yaml())
+
+
+def _recorded_results(grid: Grid) -> dict[str, dict]:
+    """The records of the grid's results.json by run name."""
+    path = grid.out / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); move it away to rebuild it from the run folders")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "run" in r for r in records):
+        raise ConfigError(f"{path}: expected a list of run records")
+    return {Path(r["run"]).name: r for r in records}
 
 
 def _write_results(grid: Grid, results: list[dict]) -> None:
