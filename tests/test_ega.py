@@ -180,3 +180,16 @@ def test_ega_trains_on_fashion_mnist_and_lowers_its_loss(fmnist, quick_train):
     assert method.stage == 2
     assert sum(classification[-2:]) < sum(classification[:2])
     assert sum(hashing[-2:]) < sum(hashing[:2])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"])
+def test_every_backbone_and_bit_length_builds_and_runs(backbone, shared_backbones):
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    for bits in (16, 32, 48, 64, 128):
+        cfg = build_config("ega", overrides=[f"model.backbone={backbone}", "model.weights=none", f"model.bits={bits}"])
+        net = create_method("ega", None, bits, num_classes=10, num_train=2).build_network(cfg.model).eval()
+        with torch.no_grad():
+            out = net(images)
+        assert out["z"].shape == (2, bits) and out["cam_logits"].shape == (2, 10)
+        assert torch.isfinite(out["z"]).all()
+        assert net.attention.last_map.shape == (2, *out["fmap"].shape[-2:])

@@ -112,3 +112,18 @@ def test_squared_loss_variant_and_bank_pairs_train(fmnist, quick_train):
                                    **WITH_LAYER4)
     assert method.pairs.mode == "bank" and bool(method.pairs.filled.all())
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"])
+def test_every_backbone_and_bit_length_builds_and_runs(backbone, shared_backbones):
+    from attnhash.config import build_config
+
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    for bits in (16, 32, 48, 64, 128):
+        cfg = build_config("uhga", overrides=[f"model.backbone={backbone}", "model.weights=none", f"model.bits={bits}"])
+        method = create_method("uhga", cfg.method.params, bits, num_classes=0, num_train=2)
+        net = method.build_network(cfg.model).eval()
+        with torch.no_grad():
+            out = net(images)
+        assert out["z"].shape == (2, bits) and torch.isfinite(out["z"]).all()
+        assert method.grad_attention is not None  # per (item, bit): the same small MLP serves every K

@@ -150,8 +150,9 @@ def available_methods() -> dict[str, type[Method]]:
     return dict(sorted(_METHODS.items()))
 
 
-def make_params(cls: type[Method], values: dict):
-    """The method's Params dataclass filled from a dict, refusing unknown names."""
+def make_params(cls: type[Method], values: dict | None):
+    """The method's Params dataclass filled from a dict (None: the defaults), refusing unknown names."""
+    values = values or {}
     if cls.Params is None:
         if values:
             raise ConfigError(f"method '{cls.name}' takes no parameters (got {', '.join(values)})")
@@ -165,7 +166,7 @@ def make_params(cls: type[Method], values: dict):
     return cls.Params(**values)
 
 
-def create_method(name: str, params: dict, bits: int, num_classes: int, num_train: int, ablate=()) -> Method:
+def create_method(name: str, params: dict | None, bits: int, num_classes: int, num_train: int, ablate=()) -> Method:
     cls = method_class(name)
     unknown = set(ablate) - set(cls.ablations)
     if unknown:
