@@ -7,6 +7,16 @@ import argparse
 from attnhash.config import RunConfig, build_config
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that names a flag's default only where it has one (argparse's own adds "(default: None)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_run_flags(p: argparse.ArgumentParser, method_required: bool = False) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--method", "-m", required=method_required, help="hashing method (see `attnhash methods`)")
@@ -14,8 +24,8 @@ def add_run_flags(p: argparse.ArgumentParser, method_required: bool = False) -> 
                    help="YAML config file(s) applied over the method's recipe")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    g.add_argument("--name", help="run folder name (default: method-dataset-bits-backbone-time)")
-    g.add_argument("--out", dest="out_dir", help="folder that holds run folders (default: runs)")
+    g.add_argument("--name", help="run folder name (if unset: method-dataset-bits-backbone-time)")
+    g.add_argument("--out", dest="out_dir", help="folder that holds run folders (if unset: runs)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", "-d", help="fmnist, cifar10, cifar100, nuswide, imagenet100, or a path")
     d.add_argument("--root", help="where the dataset lives (for names that need it)")

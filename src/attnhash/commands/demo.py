@@ -7,13 +7,12 @@ the top-10 results of a query image (a table, and a PNG of the query beside its 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from attnhash.commands.common import add_run_flags, config_from_args
+from attnhash.commands.common import DefaultsHelpFormatter, add_run_flags, config_from_args
 
 # Chosen so the whole job takes minutes on 2 CPU cores (see README "The main job").
 DEMO_DEFAULTS = [
@@ -25,7 +24,9 @@ DEMO_DEFAULTS = [
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job: train, evaluate, index and search on Fashion-MNIST",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="The main job: train, evaluate, index and search on Fashion-MNIST. Unless "
+                                   "overridden: " + ", ".join(DEMO_DEFAULTS) + ".",
+                       formatter_class=DefaultsHelpFormatter)
     add_run_flags(p)
     p.add_argument("--query", help="query image file (default: the first image of the protocol's query set)")
     p.add_argument("--index-out", help="index file to write (default: <run>/database.idx)")

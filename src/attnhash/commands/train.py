@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 
-from attnhash.commands.common import add_run_flags, config_from_args
+from attnhash.commands.common import DefaultsHelpFormatter, add_run_flags, config_from_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a hashing method; writes runs/<name>/",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     add_run_flags(p)
     p.add_argument("--evaluate", action="store_true", help="evaluate on the protocol's query/database after training")
     p.add_argument("--print-config", action="store_true", help="print the assembled config and exit")
