@@ -7,11 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+import attnhash
 from attnhash.config import build_config
 from attnhash.encoder import encode_indices, pick_device
 from attnhash.evaluate.metrics import mean_average_precision
 from attnhash.evaluate.run import evaluate_run
 from attnhash.methods.base import create_method
+from attnhash.provenance import code_version
 from attnhash.rundata import prepare_data
 from attnhash.train import seed_everything, train
 
@@ -53,6 +55,8 @@ def test_training_beats_the_untrained_network(trained_run):
         assert (result.run_dir / name).exists(), name
     log = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6] and log[-1]["loss"] < log[0]["loss"]
+    # the code that made the run is recorded with its metrics (the package version, and the commit in a checkout)
+    assert summary["code"] == code_version() and summary["code"].startswith(attnhash.__version__)
 
 
 def test_cli_evaluate_json_matches_library(trained_run):

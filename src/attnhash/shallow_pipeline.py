@@ -17,6 +17,7 @@ from torch import nn
 from attnhash.checkpoint import atomic_write_text, save_checkpoint
 from attnhash.config import RunConfig
 from attnhash.models.backbones import create_backbone
+from attnhash.provenance import code_version
 
 
 def is_shallow(name: str) -> bool:
@@ -135,6 +136,7 @@ def fit_shallow(cfg: RunConfig, data, run_dir: Path, device, log=print, progress
         "total_seconds": round(time.time() - t0, 2),
         "images_per_second": round(len(data.train) / max(t1 - t0, 1e-9), 1),
         "device": str(device),
+        "code": code_version(),
     }
     log(f"{cfg.method.name}: features of {len(data.train)} images in {t1 - t0:.1f}s, fit in {fit_seconds:.2f}s")
     ckpt = save_checkpoint(run_dir, model.state_dict(), cfg, meta)

@@ -32,6 +32,7 @@ from attnhash.encoder import encode_indices, pick_device
 from attnhash.errors import ConfigError
 from attnhash.evaluate.metrics import mean_average_precision
 from attnhash.methods.base import TrainContext, create_method, method_class
+from attnhash.provenance import code_version
 from attnhash.rundata import RunData, prepare_data
 from attnhash.stagecache import stage_outputs
 
@@ -280,6 +281,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
         "frozen_stages": network.backbone.frozen_stages,
         "cached_frozen": start_stage > 0,
         "device": str(device),
+        "code": code_version(),
     }
     ckpt = save_checkpoint(run_dir, network.state_dict(), cfg, meta)
     atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))

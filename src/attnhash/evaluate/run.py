@@ -90,6 +90,7 @@ def evaluate_run(run_dir: str | Path, topk: int | None = None, progress: bool = 
         "train_seconds": encoder.meta.get("train_seconds"),
         "train_images_per_s": encoder.meta.get("images_per_second"),
         "fingerprint": encoder.fingerprint,
+        "code": encoder.meta.get("code"),
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
     if plots:
