@@ -28,6 +28,14 @@ def hand_case():
     return z, b, labels
 
 
+def test_a_batch_collapsed_to_one_code_is_penalised_by_the_bit_balance_only():
+    # the failure mode of straight-through codes with in-batch pairs: every item drifts to one shared code
+    shared = torch.tensor([1.0, -1.0, 1.0, -1.0]).repeat(8, 1)
+    assert balance_term(shared, "code").item() == 0.0  # a balanced code: nothing to correct
+    assert balance_term(shared, "bit").item() == 1.0  # the largest bit imbalance there is
+    assert create_method("dbdh", None, bits=4, num_classes=2, num_train=3).params.balance == "bit"
+
+
 def test_loss_hand_checked_on_the_discrete_codes_of_a_batch():
     z, b, labels = hand_case()
     method = create_method("dbdh", {"alpha": 0.1, "theta_scale": 2.5}, bits=4, num_classes=2, num_train=3)
@@ -35,7 +43,7 @@ def test_loss_hand_checked_on_the_discrete_codes_of_a_batch():
     # <b_i, b_j> = 2, -2, -4 -> theta = 2.5 * <.> / 4 = 1.25, -1.25, -2.5 (pairs 12, 13, 23)
     a, c = math.log(1 + math.exp(-1.25)), math.log(1 + math.exp(-2.5))
     likelihood = (2 * a + 2 * a + 2 * c) / 6  # six ordered pairs i != j
-    balance = (1.0**2 + 0.5**2 + 0.5**2) / 3  # code means 1, 0.5, -0.5
+    balance = 4 * (1 / 3) ** 2 / 4  # every bit's mean over the three items is 1/3
     assert parts["likelihood"] == pytest.approx(likelihood, rel=1e-6)
     assert loss.item() == pytest.approx(likelihood + 0.1 * balance, rel=1e-6)
 
