@@ -34,6 +34,11 @@ choices (each one a parameter):
     500 queries x 5,000, same optimiser, 8 epochs) bit vs code balance: 16 bits 0.660 vs 0.571 (the code
     balance's loss rising from epoch 5), 32 bits 0.703 vs 0.681, 64 bits 0.693 vs 0.723; both at once
     still diverged at 16 bits (0.39).
+  - learning rate (recipe: Adam 3e-4, a third of the DPSH recipe's): at 1e-3 16-bit codes still diverge
+    with the bit balance on the whole training set (fmnist, 5,000 images, 8 epochs, 500 queries x 5,000:
+    mAP 0.31, the loss rising from 0.69 to 1.44; a clip of 2 instead of 1: 0.43); at 3e-4 the loss falls
+    every epoch and mAP is 0.671 at 16 bits and 0.772 at 64 bits (1e-3: 0.748; 1e-4: 0.608 at 16 bits).
+    Straight-through steps flip bits outright, so Adam's full-size steps on weakly decided bits thrash.
   - alpha = 0.1 and p = 2, the re-implementation's values (the paper's are not known here).
 Because the codes are binary in the forward pass there is no quantisation term: there is nothing to quantise.
 
