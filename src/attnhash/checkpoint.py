@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,32 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from attnhash import __version__
+from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.config import RunConfig, config_from_dict
 from attnhash.errors import AttnHashError, CheckpointError
 
 CHECKPOINT_NAME = "model.safetensors"
 FORMAT = "attnhash-checkpoint-1"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def checkpoint_path(run: str | Path) -> Path:

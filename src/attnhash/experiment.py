@@ -175,6 +175,6 @@ def _recorded_results(grid: Grid) -> dict[str, dict]:
 
 
 def _write_results(grid: Grid, results: list[dict]) -> None:
-    from attnhash.checkpoint import atomic_write_text
+    from attnhash.atomic import atomic_write_text
 
     atomic_write_text(grid.out / "results.json", json.dumps(results, indent=1))

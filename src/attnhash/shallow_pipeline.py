@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnhash.checkpoint import atomic_write_text, save_checkpoint
+from attnhash.atomic import atomic_write_text
+from attnhash.checkpoint import save_checkpoint
 from attnhash.config import RunConfig
 from attnhash.models.backbones import create_backbone
 from attnhash.provenance import code_version

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from attnhash.checkpoint import atomic_write
+from attnhash.atomic import atomic_write
 
 
 def cache_root() -> Path:

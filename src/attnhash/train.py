@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from attnhash.checkpoint import atomic_write_text, save_checkpoint
+from attnhash.atomic import atomic_write_text
+from attnhash.checkpoint import save_checkpoint
 from attnhash.config import RunConfig
 from attnhash.data import ImageDataset, augment_batch
 from attnhash.encoder import encode_indices, pick_device

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from attnhash.checkpoint import atomic_write
+    from attnhash.atomic import atomic_write
     from attnhash.data import open_dataset
     from attnhash.encoder import Encoder
 

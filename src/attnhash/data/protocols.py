@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_open
 from ..errors import DataError
 from .sources import ImageSource
 
@@ -205,33 +205,9 @@ def _split_json(split: Split, source: ImageSource) -> str:
 
 
 def save_split(split: Split, source: ImageSource, path: str) -> None:
-    """Write the split file atomically: a temp file in the same folder, fsync, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would hide the split from the rest of a team sharing the data;
-    # 0666 filtered by the umask gives the usual permissions. O_EXCL keeps the name ours.
-    tmp = os.path.join(folder, f".attnhash-split-{os.getpid()}-{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_split_json(split, source))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform/filesystem
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write the split file atomically (readable by the rest of a team sharing the data)."""
+    with atomic_open(path, "w") as f:
+        f.write(_split_json(split, source))
 
 
 def _index_array(doc: dict, key: str, n: int, path: str) -> np.ndarray:

@@ -65,7 +65,7 @@ def markdown_report(results: list[dict], title: str, notes: str = "") -> str:
 
 
 def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "") -> Path:
-    from attnhash.checkpoint import atomic_write_text
+    from attnhash.atomic import atomic_write_text
     from attnhash.evaluate.plots import plot_h2, plot_pn, plot_pr
 
     out_dir = Path(out_dir)

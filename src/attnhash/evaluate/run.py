@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnhash.checkpoint import atomic_write, atomic_write_text
+from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.codes import as_packed
 from attnhash.encoder import Encoder
 from attnhash.errors import DataError

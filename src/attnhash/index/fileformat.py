@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from attnhash.atomic import atomic_open
 from attnhash.errors import IndexFileError
 
 __all__ = ["MAGIC", "VERSION", "IndexData", "write_index_file", "read_index_file", "read_header", "verify_file"]
@@ -125,52 +125,32 @@ def write_index_file(
         offsets[name] = pos
         pos = _align(pos + lengths[name]) if name != "meta" else pos + lengths[name]
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * HEADER_SIZE)  # placeholder; the real header goes in last
-            crcs = {}
-            payloads: dict[str, Callable[[], list]] = {
-                "info": lambda: [info_bytes],
-                "codes": lambda: [_bytes_of(codes)],
-                "ids": lambda: [_bytes_of(ids.astype("<i8", copy=False))],
-                "meta_offsets": lambda: [] if meta_offsets is None else [_bytes_of(meta_offsets.astype("<u8", copy=False))],
-                "meta": lambda: list(meta_segments) if meta_offsets is not None else [],
-            }
-            for name in _SECTIONS:
-                f.seek(offsets[name])
-                crc = 0
-                for part in payloads[name]():
-                    crc = _write_crc(f, part, crc)
-                crcs[name] = crc
-                if _after_section_hook is not None:
-                    f.flush()
-                    _after_section_hook(name)
-            f.truncate(pos)
-            fields = [MAGIC, VERSION, HEADER_SIZE, bits, code_size, count, int(next_id), len(fp), fp]
-            for name in _SECTIONS:
-                fields += [offsets[name], lengths[name], crcs[name]]
-            head = _HEAD.pack(*fields).ljust(HEADER_SIZE - 4, b"\0")
-            f.seek(0)
-            f.write(head + struct.pack("<I", zlib.crc32(head)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        f.write(b"\0" * HEADER_SIZE)  # placeholder; the real header goes in last
+        crcs = {}
+        payloads: dict[str, Callable[[], list]] = {
+            "info": lambda: [info_bytes],
+            "codes": lambda: [_bytes_of(codes)],
+            "ids": lambda: [_bytes_of(ids.astype("<i8", copy=False))],
+            "meta_offsets": lambda: [] if meta_offsets is None else [_bytes_of(meta_offsets.astype("<u8", copy=False))],
+            "meta": lambda: list(meta_segments) if meta_offsets is not None else [],
+        }
+        for name in _SECTIONS:
+            f.seek(offsets[name])
+            crc = 0
+            for part in payloads[name]():
+                crc = _write_crc(f, part, crc)
+            crcs[name] = crc
+            if _after_section_hook is not None:
+                f.flush()
+                _after_section_hook(name)
+        f.truncate(pos)
+        fields = [MAGIC, VERSION, HEADER_SIZE, bits, code_size, count, int(next_id), len(fp), fp]
+        for name in _SECTIONS:
+            fields += [offsets[name], lengths[name], crcs[name]]
+        head = _HEAD.pack(*fields).ljust(HEADER_SIZE - 4, b"\0")
+        f.seek(0)
+        f.write(head + struct.pack("<I", zlib.crc32(head)))
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
