@@ -31,6 +31,15 @@ def test_all_three_writers_replace_the_file_with_the_usual_permissions(tmp_path,
     assert os.listdir(target.parent) == ["results.json"]
 
 
+def test_a_writer_that_makes_its_own_private_file_still_gives_the_usual_permissions(tmp_path, umask_022):
+    from safetensors.torch import save_file
+    import torch
+
+    target = tmp_path / "model.safetensors"
+    atomic_write(target, lambda tmp: save_file({"w": torch.zeros(2)}, tmp))  # save_file creates files 0600
+    assert mode(target) == 0o644
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "index.idx"
     target.write_bytes(b"old")

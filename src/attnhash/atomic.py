@@ -59,9 +59,13 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """For writers that take a file name (safetensors, numpy): write(tmp_path), fsync, rename over `path`."""
     fd, tmp = _new_temp(path)
+    usual_mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         write(tmp)
+        # some writers make their own file (safetensors' save_file creates it 0600): restore the usual mode
+        if os.stat(tmp).st_mode & 0o777 != usual_mode:
+            os.chmod(tmp, usual_mode)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
