@@ -78,6 +78,14 @@ def test_partial_grid_reports_and_resumes(tmp_path, fmnist):
     assert "| dpsh |" in report and "| dsh |" in report
     assert (tmp_path / "out" / "pr_16bits.png").exists()
 
+    # --retrain trains the selected finished runs again, and only those
+    before = (tmp_path / "runs" / "dsh-16b" / "meta.json").stat().st_mtime_ns
+    logs.clear()
+    results = run_grid(grid, progress=False, log=logs.append, only="dsh-", retrain=True)
+    assert any("dsh-16b: training" in m for m in logs) and not any("dpsh-16b" in m for m in logs)
+    assert (tmp_path / "runs" / "dsh-16b" / "meta.json").stat().st_mtime_ns != before
+    assert [r["row"] for r in results] == ["dpsh", "dsh"]
+
 
 def test_results_json_stands_in_for_run_folders_that_are_gone(tmp_path, fmnist):
     grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh"}]))
@@ -111,3 +119,11 @@ def test_report_only_with_nothing_finished_is_a_clear_error(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no finished run" in proc.stderr
+
+
+def test_report_only_with_retrain_is_refused(tmp_path):
+    path = write_grid(tmp_path, [{"method": "dpsh"}])
+    proc = subprocess.run([sys.executable, "-m", "attnhash", "experiment", str(path), "--report-only",
+                           "--retrain"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot be combined with --retrain" in proc.stderr

@@ -103,9 +103,10 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
 
 
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
-             only: str | None = None) -> list[dict]:
+             only: str | None = None, retrain: bool = False) -> list[dict]:
     """Train and evaluate the grid's runs (those whose name contains `only`, if given), skipping finished
-    ones; returns the results of every finished run of the grid, so a partial grid still reports."""
+    ones unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of
+    every finished run of the grid, so a partial grid still reports."""
     from attnhash.evaluate.run import evaluate_run
     from attnhash.train import train
 
@@ -113,13 +114,15 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
     recorded = _recorded_results(grid)
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
-        result = _finished_result(grid, run, _config_dict(cfg), recorded)
+        result = None if retrain else _finished_result(grid, run, _config_dict(cfg), recorded)
         if result is not None:
             log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
             continue
         log(f"[{k}/{len(todo)}] {run.name}: training")
         t0 = time.time()
         run_dir = grid.runs_dir / run.name
+        # metrics of an earlier training must not outlive it: an interrupted retrain is then unfinished
+        (run_dir / "metrics.json").unlink(missing_ok=True)
         train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
         _, result = evaluate_run(run_dir, progress=progress, plots=False)
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")

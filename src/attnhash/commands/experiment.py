@@ -10,6 +10,8 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2")
     p.add_argument("--only", help="run only the runs whose name contains this text")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the selected runs again even if finished (with --only: just those)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the report from the runs already finished")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -22,12 +24,15 @@ def run(args) -> int:
     from attnhash.experiment import finished_results, load_grid, run_grid
 
     grid = load_grid(args.grid, args.out)
+    if args.report_only and args.retrain:
+        raise ConfigError("--report-only trains nothing, so it cannot be combined with --retrain")
     if args.report_only:
         results = finished_results(grid, args.overrides)
         if not results:
             raise ConfigError(f"{args.grid}: no finished run of this grid under {grid.runs_dir}")
     else:
-        results = run_grid(grid, args.overrides, progress=not args.quiet, only=args.only)
+        results = run_grid(grid, args.overrides, progress=not args.quiet, only=args.only,
+                           retrain=args.retrain)
     path = write_report(results, grid.out, title=grid.name)
     print(markdown_report(results, grid.name))
     print(f"report: {path}")
