@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from attnhash.codes import as_packed, hamming_distances
     from attnhash.encoder import Encoder
     from attnhash.evaluate.run import encode_split, evaluate_run
     from attnhash.index import create_index
@@ -94,6 +95,15 @@ def run(args) -> int:
         if query_label is not None:
             match = "yes" if (item_labels & query_label).any() else "no"
         print(f"   {rank:>4}  {int(hit['id']):>6}  {int(hit['distance']):>4}  {label:<14} {match}")
+    # one query is one draw: put it next to the average over all queries, and say how many items tie
+    farthest = max(int(h["distance"]) for h in hits)
+    within = int((hamming_distances(as_packed(query_code, encoder.bits), codes["db_codes"])[0] <= farthest).sum())
+    print(f"   {within} database items lie within distance {farthest} of this query (equal distances in "
+          f"database order)")
+    if query_label is not None:
+        matches = sum((data.labels[int(h["id"])] & query_label).any() for h in hits)
+        print(f"   this query: {matches}/10 relevant; over all {len(data.query)} queries P@10 = "
+              f"{metrics.precision_at_n.get(10, float('nan')):.4f}")
     png = Path(result.run_dir) / "demo_top10.png"
     _save_grid(query_image, [data.source.image(int(h["id"])) for h in hits], hits, png)
     print(f"   picture: {png}")
