@@ -121,7 +121,7 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         log(f"[{k}/{len(todo)}] {run.name}: training")
         t0 = time.time()
         run_dir = grid.runs_dir / run.name
-        # metrics of an earlier training must not outlive it: an interrupted retrain is then unfinished
+        # an earlier training's metrics must never be read as those of the weights being trained now
         (run_dir / "metrics.json").unlink(missing_ok=True)
         train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
         _, result = evaluate_run(run_dir, progress=progress, plots=False)
