@@ -17,8 +17,8 @@ def test_demo_trains_evaluates_indexes_and_shows_a_query(fmnist, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "mAP@ALL = " in out and "800 codes x 2 bytes" in out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
-    ranks = [int(r[0]) for r in rows if len(r) >= 4 and r[-1] in ("yes", "no")]
+    rows = [line.split() for line in out.splitlines()]
+    ranks = [int(r[0]) for r in rows if len(r) >= 5 and r[0].isdigit() and r[-1] in ("yes", "no")]
     assert ranks == list(range(1, 11))
     assert "database items lie within distance" in out and "queries P@10 = " in out
     assert (tmp_path / "db.idx").exists() and (tmp_path / "runs" / "demo" / "demo_top10.png").exists()

@@ -88,12 +88,15 @@ def run(args) -> int:
     qlabel = ", ".join(names[c] for c in np.flatnonzero(query_label)) if query_label is not None else "?"
     print(f"   query: {query_name}, label: {qlabel}")
     print(f"   {'rank':>4}  {'id':>6}  {'dist':>4}  {'label':<14} {'match' if query_label is not None else ''}")
+    matches = 0
     for rank, hit in enumerate(hits, 1):
         item_labels = data.labels[int(hit["id"])]
         label = ", ".join(names[c] for c in np.flatnonzero(item_labels)) if names else str(hit.get("labels"))
         match = ""
         if query_label is not None:
-            match = "yes" if (item_labels & query_label).any() else "no"
+            relevant = bool((item_labels & query_label).any())
+            matches += relevant
+            match = "yes" if relevant else "no"
         print(f"   {rank:>4}  {int(hit['id']):>6}  {int(hit['distance']):>4}  {label:<14} {match}")
     # one query is one draw: put it next to the average over all queries, and say how many items tie
     farthest = max(int(h["distance"]) for h in hits)
@@ -101,8 +104,7 @@ def run(args) -> int:
     print(f"   {within} database items lie within distance {farthest} of this query (equal distances in "
           f"database order)")
     if query_label is not None:
-        matches = sum((data.labels[int(h["id"])] & query_label).any() for h in hits)
-        print(f"   this query: {matches}/10 relevant; over all {len(data.query)} queries P@10 = "
+        print(f"   this query: {matches}/{len(hits)} relevant; over all {len(data.query)} queries P@10 = "
               f"{metrics.precision_at_n.get(10, float('nan')):.4f}")
     png = Path(result.run_dir) / "demo_top10.png"
     _save_grid(query_image, [data.source.image(int(h["id"])) for h in hits], hits, png)

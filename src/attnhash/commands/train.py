@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from attnhash.commands.common import DefaultsHelpFormatter, add_run_flags, config_from_args
 
 
