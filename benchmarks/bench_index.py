@@ -139,7 +139,7 @@ def bench_radius_and_memory(n: int, queries: np.ndarray, repeats: int, rng: np.r
         t_flat += best["flat"]
         t_ours += best["ours"]
         found += int(lims[-1])
-        for qi, (ids, d) in enumerate(hits):
+        for qi, (d, ids) in enumerate(hits):
             a, b = lims[qi], lims[qi + 1]
             order = np.lexsort((lab[a:b], dist[a:b]))
             if not (np.array_equal(ids, lab[a:b][order]) and np.array_equal(d, dist[a:b][order])):

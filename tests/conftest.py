@@ -59,7 +59,7 @@ def train_steps(method_name: str, source, steps: int = 12, bits: int = 32, backb
     """
     from attnhash.config import build_config
     from attnhash.methods.base import TrainContext, create_method
-    from attnhash.train import make_optimizer
+    from attnhash.training import make_optimizer
 
     torch.manual_seed(seed)
     overrides = [f"model.bits={bits}", f"model.backbone={backbone}", "model.weights=none"]

@@ -158,7 +158,7 @@ def test_unreadable_and_truncated_images(tmp_path):
             src.image(i)
         assert str(tmp_path / name) in str(info.value)
         assert "\n" not in str(info.value)
-    with pytest.raises(DataError, match=r"nothere\.png: cannot read image \(file not found\)"):
+    with pytest.raises(DataError, match=r"nothere\.png: no such image file"):
         open_item_ref(str(tmp_path / "nothere.png"))
 
 
@@ -524,7 +524,7 @@ def test_open_dataset_names_and_errors(tmp_path, list_tree):
     (root / "nus.txt").write_text("img/a.png 1 0 1\nimg/b.png 0 1 0\n")
     assert len(open_dataset("nuswide", root=str(root / "nus.txt"))) == 2
     assert len(open_dataset(str(root / "nus.txt"))) == 2
-    with pytest.raises(DataError, match=r"unknown dataset 'mnist-ish': not a known name \(fmnist, cifar10"):
+    with pytest.raises(DataError, match=r"unknown dataset 'mnist-ish': not a known name \(cifar10, cifar100, fmnist"):
         open_dataset("mnist-ish")
     with pytest.raises(DataError, match="dataset 'cifar10' needs a root"):
         open_dataset("cifar10")

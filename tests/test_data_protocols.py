@@ -164,8 +164,8 @@ def test_imagenet100_from_groups(tmp_path):
 
 def test_protocol_registry():
     assert set(PROTOCOLS) == {"cifar10", "cifar10-1", "nuswide21", "imagenet100", "fmnist"}
-    assert PROTOCOLS["nuswide21"].topk == 5000 and PROTOCOLS["imagenet100"].topk == 1000
-    assert PROTOCOLS["cifar10"].topk is None
+    assert PROTOCOLS.get("nuswide21").topk == 5000 and PROTOCOLS.get("imagenet100").topk == 1000
+    assert PROTOCOLS.get("cifar10").topk is None
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.dbdh import balance_term
-from attnhash.methods.losses import pairwise_likelihood
+from attnhash.losses.pairwise import pairwise_likelihood
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 

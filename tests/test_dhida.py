@@ -1,5 +1,6 @@
 """DHIDA (seed 002): f(u), loss on hand-checked cases, eq. 16, ablations, every backbone x bits, training."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from attnhash.config import build_config
-from attnhash.encoder import build_code_model
+from attnhash.models import network_from_spec
 from attnhash.errors import ConfigError
 from attnhash.methods.base import create_method
 from attnhash.methods.dhida import balance_loss, piecewise
@@ -130,8 +131,10 @@ def test_ida_network_starts_as_the_plain_network():
 def test_encoder_rebuilds_the_same_network(ablate):
     cfg = build_config("dhida", overrides=["model.backbone=resnet18", "model.weights=none", "model.bits=32"])
     cfg.method.ablate = list(ablate)
-    trained = make(bits=32, ablate=ablate).build_network(cfg.model)
-    rebuilt = build_code_model(cfg, {"num_classes": 10})
+    method = make(bits=32, ablate=ablate)
+    trained = method.build_network(cfg.model)
+    # what the encoder does: the spec saved as JSON in the checkpoint, then the network from it alone
+    rebuilt = network_from_spec(json.loads(json.dumps(method.network_spec(cfg.model).to_dict())))
     assert list(rebuilt.state_dict()) == list(trained.state_dict())
     assert type(rebuilt.attention) is type(trained.attention)
     assert getattr(rebuilt.attention, "improved", None) == getattr(trained.attention, "improved", None)

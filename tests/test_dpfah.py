@@ -1,5 +1,6 @@
 """DPFAH (seed 000): loss on hand-checked cases, network shape, ablations, every backbone x bits, training."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from attnhash.config import build_config
-from attnhash.encoder import build_code_model
+from attnhash.models import network_from_spec
 from attnhash.errors import ConfigError
 from attnhash.methods.base import create_method
 
@@ -111,8 +112,10 @@ def test_network_ablations_and_in_block_placement():
 def test_encoder_rebuilds_the_same_network(ablate):
     cfg = build_config("dpfah", overrides=["model.backbone=resnet18", "model.weights=none", "model.bits=32"])
     cfg.method.ablate = list(ablate)
-    trained = make(bits=32, num_classes=10, ablate=ablate).build_network(cfg.model)
-    rebuilt = build_code_model(cfg, {"num_classes": 10})
+    method = make(bits=32, num_classes=10, ablate=ablate)
+    trained = method.build_network(cfg.model)
+    # what the encoder does: the spec saved as JSON in the checkpoint, then the network from it alone
+    rebuilt = network_from_spec(json.loads(json.dumps(method.network_spec(cfg.model).to_dict())))
     assert list(rebuilt.state_dict()) == list(trained.state_dict())
 
 

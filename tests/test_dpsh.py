@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from attnhash.methods.losses import MemoryBank, pairwise_likelihood, quantization_loss, sign
+from attnhash.codes import sign
+from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
+from attnhash.losses.quantization import quantization_loss
 
 
 def test_pairwise_likelihood_hand_computed():

@@ -5,7 +5,8 @@ import torch
 
 from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.dsdh import b_objective, b_step, w_step
-from attnhash.methods.losses import MemoryBank, sign
+from attnhash.codes import sign
+from attnhash.losses.pairwise import MemoryBank
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 

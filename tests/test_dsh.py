@@ -3,7 +3,7 @@ import torch
 
 from attnhash.config import build_config
 from attnhash.errors import ConfigError
-from attnhash.methods._pairs import Partners
+from attnhash.losses.pairwise import Partners
 from attnhash.methods.base import create_method
 from attnhash.methods.dsh import dsh_contrastive, dsh_regularizer, squared_distances
 

@@ -8,7 +8,7 @@ import torch
 from attnhash.config import build_config
 from attnhash.methods.base import TrainContext, create_method
 from attnhash.models.attention.cam import CAMAttention
-from attnhash.train import make_optimizer
+from attnhash.training import make_optimizer
 
 SIZE, SIDE, CELL = 96, 28, 16  # 96 px images, 28 px objects, a 6x6 map at output stride 16
 N_TRAIN, N_EVAL = 96, 48

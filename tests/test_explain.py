@@ -13,7 +13,7 @@ from attnhash.errors import AttnHashError, DataError
 
 def tiny_run(method: str, folder, extra=()):
     from attnhash.config import build_config
-    from attnhash.train import train
+    from attnhash.training import train
 
     overrides = ["model.backbone=resnet18", "model.weights=none", "model.bits=16", "data.image_size=64",
                  "data.train_limit=32", "train.epochs=1", "train.batch_size=16", "model.freeze=layer3", *extra]
@@ -54,7 +54,7 @@ def test_explain_writes_pngs_with_the_cam_map_of_an_ega_run(runs):
     assert written == [ega / "explain" / "boot.png", ega / "explain" / "photo.png"]
     assert all(is_png_picture(p) for p in written)
 
-    from attnhash.encoder import Encoder
+    from attnhash.inference import Encoder
 
     encoder = Encoder(ega, device="cpu")
     maps, codes, what = network_maps(encoder, [np.asarray(Image.open(photo))])

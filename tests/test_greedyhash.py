@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from attnhash.methods._straight_through import straight_through_sign
+from attnhash.losses.straight_through import straight_through_sign
 from attnhash.methods.base import create_method
-from attnhash.methods.greedyhash import greedy_penalty, single_label
+from attnhash.losses.classification import is_single_label
+from attnhash.methods.greedyhash import greedy_penalty
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 
@@ -50,8 +51,8 @@ def test_loss_hand_checked():
 
 
 def test_multi_label_data_switch_to_per_class_bce():
-    assert single_label(torch.eye(3))
-    assert not single_label(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert is_single_label(torch.eye(3))
+    assert not is_single_label(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     method = create_method("greedyhash", {"classification": "sigmoid"}, bits=2, num_classes=2, num_train=4)
     with torch.no_grad():
         method.code_classifier.weight.zero_()

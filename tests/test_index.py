@@ -39,7 +39,7 @@ def assert_same_topk(a, b):
 
 def assert_same_ranges(a, b):
     assert len(a) == len(b)
-    for (ia, da), (ib, db) in zip(a, b):
+    for (da, ia), (db, ib) in zip(a, b):
         np.testing.assert_array_equal(ia, ib)
         np.testing.assert_array_equal(da, db)
 
@@ -200,7 +200,7 @@ def test_radius_hash_tables_follow_adds_and_removes():
     f.add(near)
     r.add(near)
     assert_same_ranges(f.range_search(q, 2, method="hash"), r.range_search(q, 2))
-    gone = f.range_search(q, 2)[0][0][:5]
+    gone = f.range_search(q, 2)[0][1][:5]
     f.remove(gone)
     r.remove(gone)
     assert_same_ranges(f.range_search(q, 2, method="hash"), r.range_search(q, 2))

@@ -1,6 +1,6 @@
 """Shared helpers for the index and service tests (no tests here): a fake encoder and real-image codes.
 
-FakeEncoder has the interface of attnhash.encoder.Encoder (bits, fingerprint, image_size, run_dir,
+FakeEncoder has the interface of attnhash.inference.Encoder (bits, fingerprint, image_size, run_dir,
 class_names, encode_images, encode_paths, encode_source) and maps an image to a code by a seeded random
 projection of its 32x32 grey pixels, so similar images get close codes without torch.
 """
@@ -92,17 +92,17 @@ def make_tiny_run(run_dir: str, seed: int = 0, bits: int = 16) -> str:
     """
     import torch
 
-    from attnhash.checkpoint import save_checkpoint
     from attnhash.config import build_config
     from attnhash.methods.base import create_method
+    from attnhash.runs import RunFolder
 
     torch.manual_seed(seed)
     cfg = build_config("dpsh", overrides=[f"model.bits={bits}", "model.backbone=resnet18", "model.weights=none",
                                           "data.image_size=32", "data.dataset=fmnist"])
     method = create_method("dpsh", cfg.method.params, bits, num_classes=10, num_train=0)
-    network = method.build_network(cfg.model)
-    os.makedirs(run_dir, exist_ok=True)
-    save_checkpoint(run_dir, network.state_dict(), cfg, {"num_classes": 10, "class_names": FMNIST_CLASSES})
+    spec = method.network_spec(cfg.model)
+    RunFolder(run_dir).save_model(spec.build().state_dict(), cfg, spec.to_dict(),
+                                  {"num_classes": 10, "class_names": FMNIST_CLASSES})
     return run_dir
 
 

@@ -41,7 +41,7 @@ def _same_topk(a, b):
 
 
 def _same_ranges(a, b):
-    for (ia, da), (ib, db) in zip(a, b, strict=True):
+    for (da, ia), (db, ib) in zip(a, b, strict=True):
         np.testing.assert_array_equal(ia, ib)
         np.testing.assert_array_equal(da, db)
 

@@ -9,13 +9,13 @@ import pytest
 
 import attnhash
 from attnhash.config import build_config
-from attnhash.encoder import encode_indices, pick_device
-from attnhash.evaluate.metrics import mean_average_precision
+from attnhash.inference import encode_indices, pick_device
+from attnhash.metrics import mean_average_precision
 from attnhash.evaluate.run import evaluate_run
 from attnhash.methods.base import create_method
 from attnhash.provenance import code_version
-from attnhash.rundata import prepare_data
-from attnhash.train import seed_everything, train
+from attnhash.data import prepare_data
+from attnhash.training import seed_everything, train
 
 SMALL = [
     "data.image_size=32", "data.train_limit=1000", "data.query_limit=200", "data.database_limit=2000",

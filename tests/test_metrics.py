@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnhash.codes import pack_codes
-from attnhash.evaluate.metrics import evaluate_retrieval, mean_average_precision
+from attnhash.metrics import evaluate_retrieval, mean_average_precision
 
 
 def codes_at_distances(distances, bits=8):

@@ -16,7 +16,7 @@ from PIL import Image
 from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index
 from attnhash.serve import BackgroundServer, create_app
-from attnhash.serve.app import MicroBatcher
+from attnhash.serve.batching import MicroBatcher
 
 from test_index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
 
@@ -89,7 +89,7 @@ def test_search_by_image_matches_the_index(served, images):
     r = client.post("/api/search", files={"image": ("q.png", png_bytes(pics[5]), "image/png")}, data={"radius": "12"})
     hits = r.json()["results"]
     ref = index.range_search(enc.encode_images([pics[5]]), 12)[0]
-    assert [h["id"] for h in hits] == ref[0].tolist() and all(h["distance"] <= 12 for h in hits)
+    assert [h["id"] for h in hits] == ref[1].tolist() and all(h["distance"] <= 12 for h in hits)
 
     # a JPEG of another (unindexed) real image works too
     buf = io.BytesIO()
@@ -121,7 +121,7 @@ def test_radius_tables_built_at_start(served):
     assert client.get("/api/stats").json()["radius_tables"] == "built"
     hits = client.get("/api/search/by-id/12", params={"radius": 20}).json()["results"]
     ref = index.range_search(index.reconstruct([12]), 20)[0]
-    assert [h["id"] for h in hits] == ref[0].tolist() and [h["distance"] for h in hits] == ref[1].tolist()
+    assert [h["id"] for h in hits] == ref[1].tolist() and [h["distance"] for h in hits] == ref[0].tolist()
 
 
 def test_rejects_bad_requests(served, images):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from attnhash.errors import CheckpointError, ConfigError
-from attnhash.evaluate.metrics import mean_average_precision
+from attnhash.metrics import mean_average_precision
 from attnhash.shallow import (
     ITQ,
     LSH,
-    SHALLOW_METHODS,
+    HASHERS,
     DensitySensitiveHashing,
     SpectralHashing,
     SphericalHashing,
@@ -18,7 +18,7 @@ from attnhash.shallow import (
     load_shallow,
 )
 
-ALL = sorted(SHALLOW_METHODS)
+ALL = sorted(HASHERS)
 
 
 def gaussian_clusters(n_per_class: int, seed: int, dim: int = 64, classes: int = 10, spread: float = 1.5):
@@ -48,8 +48,8 @@ def fitted(clusters):
 
 
 def test_registry_holds_every_method():
-    assert {"lsh", "pcah", "sh", "itq", "sph", "dsh_density"} <= set(SHALLOW_METHODS)
-    for name, cls in SHALLOW_METHODS.items():
+    assert {"lsh", "pcah", "sh", "itq", "sph", "density_sensitive"} <= set(HASHERS)
+    for name, cls in HASHERS.items():
         assert cls.name == name and cls.paper
 
 
@@ -91,20 +91,20 @@ def test_state_dict_round_trip(name, fitted, clusters):
 @pytest.mark.parametrize("name", ALL)
 def test_bad_state_raises(name, fitted):
     state = fitted[name].state_dict()
-    array = SHALLOW_METHODS[name]._array_names[0]
+    array = HASHERS.get(name)._array_names[0]
     with pytest.raises(CheckpointError, match="missing"):
         type(fitted[name]).from_state_dict({k: v for k, v in state.items() if k != array})
     with pytest.raises(CheckpointError, match="shape"):
         type(fitted[name]).from_state_dict({**state, array: state[array][..., :-1]})
     other = "itq" if name != "itq" else "lsh"
     with pytest.raises(CheckpointError, match="not"):
-        SHALLOW_METHODS[other].from_state_dict(state)
+        HASHERS.get(other).from_state_dict(state)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_bad_inputs_raise(name, fitted, clusters):
     train = clusters[0]
-    cls = SHALLOW_METHODS[name]
+    cls = HASHERS.get(name)
     for bits in (0, -8, 12, 16.5, True):
         with pytest.raises(ConfigError, match="bits"):
             cls(bits)
@@ -139,7 +139,7 @@ def test_pca_methods_refuse_more_bits_than_dimensions(name):
         create_shallow(name, 16).fit(x)
 
 
-@pytest.mark.parametrize("name", ["lsh", "sh", "sph", "dsh_density"])
+@pytest.mark.parametrize("name", ["lsh", "sh", "sph", "density_sensitive"])
 def test_other_methods_make_more_bits_than_dimensions(name):
     x = np.random.default_rng(0).normal(size=(400, 12))
     codes = create_shallow(name, 32).fit(x).encode(x)
@@ -279,7 +279,7 @@ def test_sph_sample_is_seeded_subset():
 # ------------------------------------------------------------------------------------------ DSH-density
 
 
-def test_dsh_density_distinct_balanced_projections(clusters):
+def test_density_sensitive_distinct_balanced_projections(clusters):
     train = clusters[0]
     dsh = DensitySensitiveHashing(32, seed=0).fit(train)
     w = dsh.projections_ / np.linalg.norm(dsh.projections_, axis=1, keepdims=True)
@@ -292,7 +292,7 @@ def test_dsh_density_distinct_balanced_projections(clusters):
     assert np.all(np.diff(dsh.entropy_) <= 0)  # kept in entropy order
 
 
-def test_dsh_density_needs_enough_points():
+def test_density_sensitive_needs_enough_points():
     with pytest.raises(ConfigError, match="groups"):
         DensitySensitiveHashing(64).fit(np.random.default_rng(0).normal(size=(50, 8)))
 

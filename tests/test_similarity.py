@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnhash.errors import ConfigError
-from attnhash.methods.similarity import (
+from attnhash.losses.similarity import (
     MAX_ITEMS,
     SimilarityPairs,
     cosine_distance_thresholds,

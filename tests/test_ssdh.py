@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attnhash.methods.base import TrainContext, create_method
-from attnhash.methods.similarity import ssdh_similarity
+from attnhash.losses.similarity import ssdh_similarity
 from conftest import fmnist_batches
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer4"}, n_batches=3, batch_size=24)
@@ -43,7 +43,7 @@ def test_setup_builds_s_from_the_networks_features_filled_by_index(fmnist):
 
 def test_ssdh_loss_is_the_squared_error_on_known_pairs():
     method = create_method("ssdh", {}, 2, num_classes=0, num_train=3)
-    from attnhash.methods.similarity import SimilarityPairs
+    from attnhash.losses.similarity import SimilarityPairs
 
     method.pairs = SimilarityPairs(torch.tensor([[1, -1, 0], [-1, 1, 0], [0, 0, 1]], dtype=torch.int8), 2)
     z = torch.full((3, 2), 20.0)  # tanh(z) ~ 1: <h_i, h_j>/K = 1 for every pair

@@ -3,7 +3,7 @@ import torch
 
 from attnhash.config import ModelConfig
 from attnhash.models.network import build_network
-from attnhash.stagecache import cache_root, prefix_key, stage_outputs
+from attnhash.inference.stagecache import cache_root, prefix_key, stage_outputs
 
 
 def test_cached_rows_equal_direct_computation_and_key_tracks_weights(fmnist):

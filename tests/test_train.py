@@ -5,7 +5,7 @@ import torch
 
 from attnhash.config import build_config
 from attnhash.methods.base import TrainContext, create_method
-from attnhash.train import make_optimizer, train
+from attnhash.training import make_optimizer, train
 
 
 def _setup(optim_overrides, fmnist_batch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "sign",
     "binarize",
     "pack_codes",
     "unpack_codes",
@@ -31,12 +32,20 @@ def check_bits(bits: int) -> int:
     return bits
 
 
+def sign(x):
+    """sign with sign(0) = +1, the convention of attnhash codes, for NumPy arrays and torch tensors alike:
+    the result has x's type and (floating) dtype, so it can stand in a loss as well as make codes."""
+    positive = x >= 0
+    if hasattr(positive, "to"):  # a torch tensor, without importing torch here
+        return positive.to(x.dtype) * 2 - 1
+    return positive.astype(np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.int8) * 2 - 1
+
+
 def binarize(values) -> np.ndarray:
     """Real-valued outputs (array or tensor) -> int8 codes in {-1, +1}, with sign(0) = +1."""
     if hasattr(values, "detach"):  # torch tensor, without importing torch here
         values = values.detach().float().cpu().numpy()
-    values = np.asarray(values)
-    return np.where(values >= 0, 1, -1).astype(np.int8)
+    return sign(np.asarray(values)).astype(np.int8)
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:

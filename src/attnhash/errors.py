@@ -19,3 +19,15 @@ class IndexFileError(AttnHashError, ValueError):
 
 class ConfigError(AttnHashError, ValueError):
     """A configuration value is unknown or out of range."""
+
+
+class NotFoundError(AttnHashError, LookupError):
+    """An item, file or resource asked for by id or name does not exist."""
+
+
+class InvalidRequestError(AttnHashError, ValueError):
+    """A request's parameters are out of range or inconsistent (k, radius, labels per image, ...)."""
+
+
+class UnavailableError(AttnHashError):
+    """The service cannot do this now (no model loaded, saturated); the request may be retried."""

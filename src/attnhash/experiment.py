@@ -31,8 +31,12 @@ from pathlib import Path
 
 import yaml
 
+from attnhash.atomic import atomic_write_text
 from attnhash.config import RunConfig, build_config, load_yaml
 from attnhash.errors import ConfigError
+from attnhash.evaluate.run import evaluate_run
+from attnhash.runs import RunFolder
+from attnhash.training import train
 
 
 @dataclass
@@ -107,9 +111,6 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
     """Train and evaluate the grid's runs (those whose name contains `only`, if given), skipping finished
     ones unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of
     every finished run of the grid, so a partial grid still reports."""
-    from attnhash.evaluate.run import evaluate_run
-    from attnhash.train import train
-
     todo = [r for r in grid.runs if only is None or only in r.name]
     recorded = _recorded_results(grid)
     for k, run in enumerate(todo, 1):
@@ -122,7 +123,7 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         t0 = time.time()
         run_dir = grid.runs_dir / run.name
         # an earlier training's metrics must never be read as those of the weights being trained now
-        (run_dir / "metrics.json").unlink(missing_ok=True)
+        RunFolder(run_dir).forget_metrics()
         train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
         _, result = evaluate_run(run_dir, progress=progress, plots=False)
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
@@ -151,10 +152,10 @@ def _finished_result(grid: Grid, run: GridRun, config: dict, recorded: dict[str,
     grid's results.json, which carries each run's full config. Run folders are big and not kept with the
     results, so a report can then be rebuilt anywhere, and a partial rerun never drops the rows it did not
     retrain."""
-    run_dir = grid.runs_dir / run.name
-    metrics_file, saved = run_dir / "metrics.json", run_dir / "config.yaml"
-    if metrics_file.exists() and saved.exists() and yaml.safe_load(saved.read_text()) == config:
-        return json.loads(metrics_file.read_text())
+    folder = RunFolder(grid.runs_dir / run.name)
+    metrics = folder.load_metrics()
+    if metrics is not None and folder.saved_config() == config:
+        return metrics
     record = recorded.get(run.name)
     return record if record is not None and record.get("config") == config else None
 
@@ -178,6 +179,4 @@ def _recorded_results(grid: Grid) -> dict[str, dict]:
 
 
 def _write_results(grid: Grid, results: list[dict]) -> None:
-    from attnhash.atomic import atomic_write_text
-
     atomic_write_text(grid.out / "results.json", json.dumps(results, indent=1))

@@ -67,9 +67,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def check_method_name(name: str) -> None:
-    """ConfigError listing the known methods unless `name` is a deep or shallow method."""
-    from attnhash.methods.base import method_class
-    from attnhash.shallow import SHALLOW_METHODS
+    """ConfigError naming the closest known methods unless `name` is a method (deep or shallow)."""
+    from attnhash.methods import METHODS
 
-    if name not in SHALLOW_METHODS:
-        method_class(name)
+    METHODS.get(name)

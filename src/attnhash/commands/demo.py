@@ -36,12 +36,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from attnhash.codes import as_packed, hamming_distances
-    from attnhash.encoder import Encoder
+    from attnhash.data import open_item_ref, prepare_data
     from attnhash.evaluate.run import encode_split, evaluate_run
-    from attnhash.index import create_index
-    from attnhash.index.pipeline import load_query_image, search_codes, source_metadata
-    from attnhash.rundata import prepare_data
-    from attnhash.train import train
+    from attnhash.inference import Encoder
+    from attnhash.retrieval import Retriever, source_metadata
+    from attnhash.training import train
 
     args.overrides = DEMO_DEFAULTS + list(args.overrides)
     cfg = config_from_args(args)
@@ -63,27 +62,26 @@ def run(args) -> int:
           f"P@H<=2 {metrics.precision_hamming2:.4f}, P@1000 {metrics.precision_at_n.get(1000, float('nan')):.4f})")
 
     print("== index the database")
-    index = create_index("faiss", bits=encoder.bits, fingerprint=encoder.fingerprint,
-                         info={"run_dir": str(Path(result.run_dir).resolve()), "source": cfg.data.dataset,
-                               "class_names": encoder.class_names or []})
-    index.add(codes["db_codes"], ids=codes["db_index"], metadata=source_metadata(data.source, codes["db_index"]))
+    retriever = Retriever.create(encoder, source=cfg.data.dataset, class_names=encoder.class_names)
+    index = retriever.index
+    index.add(codes.db_codes, ids=codes.db_index, metadata=source_metadata(data.source, codes.db_index))
     index_path = Path(args.index_out or Path(result.run_dir) / "database.idx")
-    index.save(str(index_path))
+    retriever.save(str(index_path))
     print(f"   {len(index)} codes x {encoder.bits // 8} bytes -> {index_path}")
 
     print("== top-10 of a query image")
     if args.query:
-        query_image = load_query_image(args.query)
+        query_image = open_item_ref(args.query)
         query_code = encoder.encode_images([query_image])
         query_label = None
         query_name = args.query
     else:
         qi = int(data.query[0])
         query_image = data.source.image(qi)
-        query_code = codes["query_codes"][:1]
+        query_code = codes.query_codes[:1]
         query_label = data.labels[qi]
         query_name = f"{data.source.describe(qi)} (a protocol query, never trained on)"
-    hits = search_codes(index, query_code, k=10)[0]
+    hits = retriever.search_codes(query_code, k=10)[0]
     names = encoder.class_names or []
     qlabel = ", ".join(names[c] for c in np.flatnonzero(query_label)) if query_label is not None else "?"
     print(f"   query: {query_name}, label: {qlabel}")
@@ -100,7 +98,7 @@ def run(args) -> int:
         print(f"   {rank:>4}  {int(hit['id']):>6}  {int(hit['distance']):>4}  {label:<14} {match}")
     # one query is one draw: put it next to the average over all queries, and say how many items tie
     farthest = max(int(h["distance"]) for h in hits)
-    within = int((hamming_distances(as_packed(query_code, encoder.bits), codes["db_codes"])[0] <= farthest).sum())
+    within = int((hamming_distances(as_packed(query_code, encoder.bits), codes.db_codes)[0] <= farthest).sum())
     print(f"   {within} database items lie within distance {farthest} of this query (equal distances in "
           f"database order)")
     if query_label is not None:

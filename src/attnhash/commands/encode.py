@@ -22,19 +22,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from attnhash.atomic import atomic_write
-    from attnhash.data import open_dataset
-    from attnhash.encoder import Encoder
+    from attnhash.codefile import CodeSet
+    from attnhash.data import IMAGE_EXTENSIONS, open_dataset, prepare_data
+    from attnhash.inference import Encoder
 
     encoder = Encoder(args.run, device=args.device, bits=args.bits)
-    image_exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    if Path(args.images).suffix.lower() in image_exts:
-        codes = encoder.encode_paths([args.images])
-        arrays = {"codes": codes, "paths": np.array([str(Path(args.images).resolve())])}
+    if Path(args.images).suffix.lower() in IMAGE_EXTENSIONS and not Path(args.images).is_dir():
+        codes = CodeSet(encoder.encode_paths([args.images]), encoder.bits, encoder.fingerprint,
+                        paths=[str(Path(args.images).resolve())])
     else:
         if args.subset != "all":
-            from attnhash.rundata import prepare_data
-
             data = prepare_data(encoder.config.data)
             source, indices = data.source, getattr(data, args.subset)
             labels = data.labels[indices]
@@ -42,16 +39,9 @@ def run(args) -> int:
             source = open_dataset(args.images, args.root)
             indices = np.arange(len(source))
             labels = np.asarray(source.labels)
-        codes = encoder.encode_source(source, indices)
-        arrays = {"codes": codes, "labels": labels, "index": indices,
-                  "paths": np.array([source.item_ref(int(i)) for i in indices])}
-    arrays.update(bits=np.array(encoder.bits), fingerprint=np.array(encoder.fingerprint))
-    out = Path(args.out or Path(args.run) / "encoded.npz")
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(out, write)
-    print(f"{len(arrays['codes'])} codes of {encoder.bits} bits ({encoder.bits // 8} bytes each) -> {out}")
+        codes = CodeSet(encoder.encode_source(source, indices), encoder.bits, encoder.fingerprint,
+                        paths=[source.item_ref(int(i)) for i in indices], labels=labels, index=indices)
+    out = Path(args.out) if args.out else encoder.run.encoded_path
+    codes.save(out)
+    print(f"{len(codes)} codes of {encoder.bits} bits ({encoder.bits // 8} bytes each) -> {out}")
     return 0

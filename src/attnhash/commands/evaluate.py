@@ -34,12 +34,12 @@ def run(args) -> int:
     if bool(args.run) == bool(args.codes):
         raise AttnHashError("give either a run folder or --codes FILE.npz")
     if args.codes:
-        from attnhash.evaluate.metrics import evaluate_retrieval
-        from attnhash.evaluate.run import load_codes_file
+        from attnhash.codefile import SplitCodes
+        from attnhash.metrics import evaluate_retrieval
 
-        z = load_codes_file(args.codes)
+        z = SplitCodes.load(args.codes)
         try:
-            m = evaluate_retrieval(z["query_codes"], z["db_codes"], z["query_labels"], z["db_labels"], topk=args.topk)
+            m = evaluate_retrieval(z.query_codes, z.db_codes, z.query_labels, z.db_labels, topk=args.topk)
         except ValueError as err:
             raise AttnHashError(f"{args.codes}: {err}") from None
         result = {"method": "codes", **m.to_dict()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnhash.errors import AttnHashError, DataError
+from attnhash.errors import AttnHashError
 
 DISPLAY_MIN = 256  # small images (Fashion-MNIST's 28 px) are drawn enlarged to at least this many pixels
 
@@ -32,25 +32,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file as an H x W x 3 uint8 array; DataError naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
-
-
 def network_maps(encoder, images: list[np.ndarray], source: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
     """(maps (B, h, w) in [0, 1], codes (B, K) in {-1, +1}, a description of the map) for a batch of images."""
     import torch
 
-    from attnhash.models.network import HashingNetwork
+    from attnhash.codes import sign
+    from attnhash.models import HashingNetwork
 
     network = encoder.model
     if not isinstance(network, HashingNetwork):
@@ -76,7 +63,7 @@ def network_maps(encoder, images: list[np.ndarray], source: str = "auto") -> tup
     lo = maps.amin(dim=(1, 2), keepdim=True)
     hi = maps.amax(dim=(1, 2), keepdim=True)
     maps = (maps - lo) / (hi - lo).clamp_min(1e-12)
-    codes = torch.where(out["z"] >= 0, 1, -1).to(torch.int8)
+    codes = sign(out["z"]).to(torch.int8)
     return maps.cpu().numpy(), codes.cpu().numpy(), what
 
 
@@ -139,14 +126,15 @@ def output_paths(run_dir: Path, images: list[str], out: str | None) -> list[Path
 def explain(run_dir: str | Path, images: list[str], out: str | None = None, source: str = "auto",
             alpha: float = 0.5, device: str = "cpu", batch_size: int = 32) -> list[Path]:
     """Write one PNG per image (the original beside its map); returns their paths."""
-    from attnhash.encoder import Encoder
+    from attnhash.data import open_image
+    from attnhash.inference import Encoder
 
     if not 0.0 <= alpha <= 1.0:
         raise AttnHashError(f"--alpha must be between 0 and 1, got {alpha}")
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AttnHashError(f"{run_dir}: no such run folder")
-    arrays = [load_image(p) for p in images]  # every image is checked before any work
+    arrays = [open_image(p) for p in images]  # every image is checked before any work
     targets = output_paths(run_dir, images, out)
     encoder = Encoder(run_dir, device=device)
     cfg = encoder.config

@@ -65,40 +65,38 @@ def _open_source(args):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from attnhash.index import create_index
-    from attnhash.index import pipeline
+    from attnhash.codefile import CodeSet
+    from attnhash.inference import Encoder
+    from attnhash.retrieval import Retriever
 
     if os.path.exists(args.out) and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite it")
-    encoder = pipeline.load_encoder(args.run, device=args.device)
+    encoder = Encoder(args.run, device=args.device)
     if args.codes:
-        index = create_index(args.backend, encoder.bits, fingerprint=encoder.fingerprint,
-                             info={"run_dir": os.path.abspath(args.run), "source": args.codes,
-                                   "class_names": list(getattr(encoder, "class_names", None) or [])})
-        pipeline.add_codes_file(index, args.codes)
+        retriever = Retriever.create(encoder, backend=args.backend, source=args.codes, class_names=encoder.class_names)
+        retriever.add_codes(CodeSet.load(args.codes), args.codes)
     else:
         source, indices = _open_source(args)
-        index = pipeline.build_index(encoder, source, backend=args.backend, indices=indices,
-                                     batch_size=args.batch_size, progress=sys.stderr.isatty())
-        index.info["run_dir"] = os.path.abspath(args.run)
-    index.save(args.out)
+        retriever = Retriever.create(encoder, backend=args.backend, source=source)
+        retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    retriever.save(args.out)
+    index = retriever.index
     print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
     return 0
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from attnhash.index import open_index
-    from attnhash.index import pipeline
+    from attnhash.codefile import CodeSet
+    from attnhash.retrieval import Retriever
 
-    index = open_index(args.index)
+    retriever = Retriever.open(args.index, args.run, device=args.device, load_model=not args.codes)
     if args.codes:
-        new = pipeline.add_codes_file(index, args.codes)
+        new = retriever.add_codes(CodeSet.load(args.codes), args.codes)
     else:
-        encoder = pipeline.encoder_for_index(index, args.run, device=args.device)
         source, indices = _open_source(args)
-        new = pipeline.add_source(index, encoder, source, indices=indices, batch_size=args.batch_size,
-                                  progress=sys.stderr.isatty())
-    index.save(args.index)
+        new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    retriever.save(args.index)
+    index = retriever.index
     span = f" (ids {new[0]}..{new[-1]})" if len(new) else ""
     print(f"added {len(new)} items{span}; {args.index} now holds {len(index)}")
     return 0

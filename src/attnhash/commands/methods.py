@@ -13,19 +13,17 @@ def describe_methods() -> list[dict]:
     import dataclasses
 
     from attnhash.config import method_recipe
-    from attnhash.methods.base import available_methods
-    from attnhash.shallow import SHALLOW_METHODS
+    from attnhash.methods import METHODS
 
     out = []
-    for name, cls in available_methods().items():
-        defaults = dataclasses.asdict(cls.Params()) if cls.Params else {}
-        defaults.update(method_recipe(name).get("method", {}).get("params", {}))
-        out.append({"name": name, "kind": "deep", "supervised": cls.supervised, "paper": cls.paper,
-                    "summary": cls.summary, "defaults": defaults, "ablations": dict(cls.ablations)})
-    for name, cls in sorted(SHALLOW_METHODS.items()):
-        out.append({"name": name, "kind": "shallow", "supervised": False, "paper": getattr(cls, "paper", ""),
-                    "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
-                    "defaults": {}, "ablations": {}})
+    entries = [e for _, e in METHODS.items()]
+    for entry in sorted(entries, key=lambda e: (not e.deep, e.name)):  # deep methods first, as before
+        cls = entry.impl
+        defaults = dataclasses.asdict(cls.Params()) if entry.deep and cls.Params else {}
+        defaults.update(method_recipe(entry.name).get("method", {}).get("params", {}))
+        out.append({"name": entry.name, "kind": "deep" if entry.deep else "shallow", "supervised": entry.supervised,
+                    "paper": entry.paper, "summary": entry.summary, "defaults": defaults,
+                    "ablations": dict(cls.ablations) if entry.deep else {}})
     return out
 
 

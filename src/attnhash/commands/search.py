@@ -29,8 +29,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnhash.index import open_index
-    from attnhash.index import pipeline
+    from attnhash.data import open_item_ref
+    from attnhash.retrieval import Retriever
 
     if not args.images and not args.ids:
         raise DataError("give query images, or --id ID of an item in the index")
@@ -39,22 +39,18 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--k must be positive, got {k}")
     if args.radius is not None and args.radius < 0:
         raise DataError(f"--radius must be >= 0, got {args.radius}")
-    index = open_index(args.index, backend=args.backend)
+    retriever = Retriever.open(args.index, args.run, backend=args.backend, device=args.device,
+                               load_model=bool(args.images))
     queries: list[str] = []
     codes = []
     if args.images:
-        encoder = pipeline.encoder_for_index(index, args.run, device=args.device)
-        images = [pipeline.load_query_image(ref) for ref in args.images]
-        codes.append(encoder.encode_images(images))
+        codes.append(retriever.encode_images([open_item_ref(ref) for ref in args.images]))
         queries += list(args.images)
     if args.ids:
-        try:
-            codes.append(index.reconstruct(args.ids))
-        except KeyError as err:
-            raise DataError(f"{args.index}: {err.args[0]}") from None
+        codes.append(retriever.codes_of(args.ids))
         queries += [f"id:{i}" for i in args.ids]
     q = np.concatenate(codes)
-    results = pipeline.search_codes(index, q, k=k, radius=args.radius, max_results=args.max_results)
+    results = retriever.search_codes(q, k=k, radius=args.radius, max_results=args.max_results)
     if args.json:
         print(json.dumps([{"query": name, "results": hits} for name, hits in zip(queries, results)], indent=2))
         return 0

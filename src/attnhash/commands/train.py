@@ -20,7 +20,7 @@ def run(args) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    from attnhash.train import train
+    from attnhash.training import train
 
     result = train(cfg, progress=not args.quiet)
     print(f"run folder: {result.run_dir}  ({result.seconds:.1f}s, {result.images_per_second:.0f} train images/s)")

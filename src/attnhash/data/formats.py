@@ -21,13 +21,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .sources import ArraySource, FileSource, ImageSource
+from .sources import ArraySource, FileSource
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FMNIST_DIR",
     "FMNIST_CLASSES",
-    "DATASET_NAMES",
     "read_list_file",
     "read_image_folder",
     "read_cifar",
@@ -37,7 +36,9 @@ __all__ = [
     "from_arrays",
     "read_npz",
     "read_hashnet_lists",
-    "open_dataset",
+    "is_cifar_folder",
+    "is_hashnet_folder",
+    "is_idx_folder",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -45,7 +46,6 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-DATASET_NAMES = ("fmnist", "cifar10", "cifar100", "nuswide", "imagenet100")
 
 _INT_RE = re.compile(r"[+-]?\d+")
 _TOKEN_RE = re.compile(r"\S+")
@@ -510,7 +510,7 @@ def _idx_file(folder: str, base: str) -> str | None:
     return None
 
 
-def _is_idx_folder(folder: str) -> bool:
+def is_idx_folder(folder: str) -> bool:
     return _idx_file(folder, "train-images-idx3-ubyte") is not None
 
 
@@ -589,12 +589,7 @@ def read_npz(path: str | os.PathLike) -> ArraySource:
                        root=os.path.dirname(path), spec=path)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Registry and auto-detection
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _is_cifar_folder(folder: str) -> bool:
+def is_cifar_folder(folder: str) -> bool:
     def has(*names: str) -> bool:
         return all(os.path.isfile(os.path.join(folder, n)) for n in names)
 
@@ -602,62 +597,5 @@ def _is_cifar_folder(folder: str) -> bool:
         os.path.isdir(os.path.join(folder, s)) for s in _CIFAR_SUBDIRS)
 
 
-def _is_hashnet_folder(folder: str) -> bool:
+def is_hashnet_folder(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, f"{g}.txt")) for g in ("train", "test", "database"))
-
-
-def _open_named(spec: str, root: str | None) -> ImageSource:
-    if spec == "fmnist":
-        return load_fashion_mnist(root)
-    if root is None:
-        need = {"cifar10": "the cifar-10-python.tar.gz tarball or its cifar-10-batches-py folder",
-                "cifar100": "the cifar-100-python.tar.gz tarball or its cifar-100-python folder",
-                "nuswide": "the NUS-WIDE list file (`path 0 1 0 ...` per line)",
-                "imagenet100": "the folder with HashNet's train.txt, test.txt and database.txt"}[spec]
-        raise DataError(f"dataset {spec!r} needs a root: {need}")
-    tag = f"{spec}@{os.path.abspath(root)}"
-    if spec in ("cifar10", "cifar100"):
-        src = read_cifar(root)
-        if src.name != spec:
-            raise DataError(f"{root}: holds {src.name}, not {spec}")
-        src.spec = tag
-        return src
-    if spec == "nuswide":
-        if os.path.isdir(root) and _is_hashnet_folder(root):
-            return read_hashnet_lists(root)
-        return read_list_file(root)
-    return read_hashnet_lists(root)
-
-
-def open_dataset(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageSource:
-    """Open a dataset by name (fmnist, cifar10, cifar100, nuswide, imagenet100; ``root`` = where it lives)
-    or by path: a `.txt`/`.list` list file (``root`` = image root), a CIFAR tarball or batches folder, a
-    HashNet list folder, an MNIST-layout idx folder, a folder of class folders, or an `.npz`."""
-    spec = os.fspath(spec)
-    root = os.fspath(root) if root is not None else None
-    if spec in DATASET_NAMES:
-        return _open_named(spec, root)
-    path = os.path.expanduser(spec)
-    if os.path.isfile(path):
-        low = path.lower()
-        if low.endswith((".txt", ".list", ".lst")):
-            return read_list_file(path, root=root)
-        if low.endswith((".tar.gz", ".tgz", ".tar")):
-            return read_cifar(path)
-        if low.endswith(".npz"):
-            return read_npz(path)
-        if "-ubyte" in low:
-            raise DataError(f"{path}: an idx file needs its partner; open the folder holding the "
-                            "train-/t10k- idx files, or call read_idx(images, labels)")
-        raise DataError(f"{path}: cannot tell the dataset format from the name (expected .txt/.list list file, "
-                        "CIFAR .tar.gz, or .npz)")
-    if os.path.isdir(path):
-        if _is_cifar_folder(path):
-            return read_cifar(path)
-        if _is_hashnet_folder(path):
-            return read_hashnet_lists(path, root=root)
-        if _is_idx_folder(path):
-            return read_idx_folder(path)
-        return read_image_folder(path)
-    raise DataError(f"unknown dataset {spec!r}: not a known name ({', '.join(DATASET_NAMES)}) "
-                    "nor an existing file or folder")

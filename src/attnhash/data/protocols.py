@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_open
 from ..errors import DataError
+from ..registry import Registry
 from .sources import ImageSource
 
 __all__ = ["Split", "Protocol", "PROTOCOLS", "make_split", "load_or_create_split", "default_split_paths",
@@ -132,31 +133,25 @@ def _from_groups(protocol: str):
     return make
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "cifar10": Protocol("cifar10", _per_class(100, 500, False, "cifar10"), None,
-                        "per class 100 query, 500 train, the rest database; mAP@ALL"),
-    "cifar10-1": Protocol("cifar10-1", _per_class(100, 500, True, "cifar10-1"), None,
-                          "per class 100 query, 500 train; database = all but the queries; mAP@ALL"),
-    "fmnist": Protocol("fmnist", _per_class(100, 500, False, "fmnist"), None,
-                       "the cifar10 protocol on Fashion-MNIST: 1,000 / 5,000 / 64,000; mAP@ALL"),
-    "nuswide21": Protocol("nuswide21", _nuswide(21, 100, 500, "nuswide21"), 5000,
-                          "21 most frequent concepts, per class 100 query and 500 train, "
-                          "database = all non-query; mAP@5000"),
-    "imagenet100": Protocol("imagenet100", _from_groups("imagenet100"), 1000,
-                            "HashNet lists: query = test, train = train, database = database; mAP@1000"),
-}
-
-
-def _get_protocol(protocol: str) -> Protocol:
-    try:
-        return PROTOCOLS[protocol]
-    except KeyError:
-        raise DataError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}") from None
+PROTOCOLS: Registry = Registry("protocol", error=DataError)
+for _protocol in (
+    Protocol("cifar10", _per_class(100, 500, False, "cifar10"), None,
+             "per class 100 query, 500 train, the rest database; mAP@ALL"),
+    Protocol("cifar10-1", _per_class(100, 500, True, "cifar10-1"), None,
+             "per class 100 query, 500 train; database = all but the queries; mAP@ALL"),
+    Protocol("fmnist", _per_class(100, 500, False, "fmnist"), None,
+             "the cifar10 protocol on Fashion-MNIST: 1,000 / 5,000 / 64,000; mAP@ALL"),
+    Protocol("nuswide21", _nuswide(21, 100, 500, "nuswide21"), 5000,
+             "21 most frequent concepts, per class 100 query and 500 train, database = all non-query; mAP@5000"),
+    Protocol("imagenet100", _from_groups("imagenet100"), 1000,
+             "HashNet lists: query = test, train = train, database = database; mAP@1000"),
+):
+    PROTOCOLS.register(_protocol.name, _protocol)
 
 
 def make_split(source: ImageSource, protocol: str, seed: int = 0) -> Split:
     """Draw the protocol's split with np.random.default_rng(seed); the same seed gives the same split."""
-    proto = _get_protocol(protocol)
+    proto = PROTOCOLS.get(protocol)
     q, t, d, classes = proto.make(source, np.random.default_rng(seed))
     as_idx = lambda a: np.unique(np.asarray(a, dtype=np.int64))  # noqa: E731  (sorted, int64)
     return Split(protocol=proto.name, seed=int(seed), query=as_idx(q), train=as_idx(t), database=as_idx(d),
@@ -275,7 +270,7 @@ def load_or_create_split(source: ImageSource, protocol: str, seed: int = 0,
     a writable root, else ``$ATTNHASH_CACHE_DIR/splits/`` (default ~/.cache/attnhash/splits/). Returns the
     split and the file used. Folders of system packages (under /usr) count as not writable.
     """
-    proto = _get_protocol(protocol)
+    proto = PROTOCOLS.get(protocol)
     if path is not None:
         path = os.fspath(path)
         if os.path.exists(path):

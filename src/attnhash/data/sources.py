@@ -6,43 +6,22 @@ time as H x W x 3 uint8 RGB, and has a cheap fingerprint so a persisted split ca
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import operator
 import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .images import open_image
 
 __all__ = [
     "ImageSource",
     "ArraySource",
     "FileSource",
-    "decode_image",
     "normalize_labels",
-    "open_item_ref",
 ]
-
-# Raised by Pillow for unreadable, truncated or hostile files; SyntaxError comes from some plugin parsers.
-_PIL_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
-
-
-def decode_image(path: str) -> np.ndarray:
-    """Decode one image file to H x W x 3 uint8 RGB; any failure is a one-line DataError naming the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: cannot read image (file not found)") from None
-    except _PIL_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read image ({reason})") from None
-    return np.asarray(rgb, dtype=np.uint8)
-
 
 def normalize_labels(labels: np.ndarray | Sequence, n: int, what: str, num_classes: int | None = None) -> np.ndarray:
     """Turn class ids (N,) or a 0/1 matrix (N, C) into an (N, C) uint8 multi-hot matrix, checking values."""
@@ -145,7 +124,7 @@ class ImageSource:
         return f"{self.name}[{self._check_index(i)}]"
 
     def item_ref(self, i: int) -> str:
-        """A reference that open_item_ref() can resolve in a fresh process."""
+        """A reference that attnhash.data.open_item_ref() can resolve in a fresh process."""
         raise NotImplementedError
 
     def _content_digest(self, h: "hashlib._Hash") -> None:
@@ -249,7 +228,7 @@ class FileSource(ImageSource):
         return os.path.join(self.root, p)
 
     def image(self, i: int) -> np.ndarray:
-        return decode_image(self.path(i))
+        return open_image(self.path(i))
 
     def describe(self, i: int) -> str:
         return self.path(i)
@@ -261,27 +240,3 @@ class FileSource(ImageSource):
         # Paths as given (relative to root), so moving the whole data folder keeps the fingerprint.
         h.update(b"\npaths\n")
         h.update("\n".join(self.paths).encode("utf-8", "surrogateescape"))
-
-
-@functools.lru_cache(maxsize=4)
-def _open_spec(spec: str) -> ImageSource:
-    from .formats import DATASET_NAMES, open_dataset  # formats imports this module
-
-    name, sep, root = spec.partition("@")
-    if sep and name in DATASET_NAMES:
-        return open_dataset(name, root=root)
-    return open_dataset(spec)
-
-
-def open_item_ref(ref: str) -> np.ndarray:
-    """Resolve an item_ref() string to the image (H x W x 3 uint8): a file path or ``dataset:<spec>#<i>``."""
-    if ref.startswith("dataset:"):
-        spec, sep, idx = ref[len("dataset:"):].rpartition("#")
-        if not sep or not spec or not idx.isdigit():
-            raise DataError(f"{ref}: bad item reference, expected dataset:<spec>#<index>")
-        source = _open_spec(spec)
-        i = int(idx)
-        if i >= len(source):
-            raise DataError(f"{ref}: index {i} out of range, {source.name} has {len(source)} items")
-        return source.image(i)
-    return decode_image(ref)

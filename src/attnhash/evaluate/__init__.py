@@ -1,0 +1,1 @@
+"""Evaluation of runs on their protocol (the metrics themselves are attnhash.metrics), plots and reports."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attnhash.atomic import atomic_write_text
+from attnhash.evaluate.plots import plot_h2, plot_pn, plot_pr
+
 
 def _rows_and_bits(results: list[dict]) -> tuple[list[str], list[int]]:
     rows: list[str] = []
@@ -65,8 +68,6 @@ def markdown_report(results: list[dict], title: str, notes: str = "") -> str:
 
 
 def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "") -> Path:
-    from attnhash.atomic import atomic_write_text
-    from attnhash.evaluate.plots import plot_h2, plot_pn, plot_pr
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
     index = create_index("faiss", bits=64, fingerprint=encoder.fingerprint)
     index.add(codes, metadata=[{"path": p, "labels": [3]} for p in paths])
     distances, ids = index.search(query_codes, k=10)
-    hits = index.range_search(query_codes, radius=2)       # [(ids, distances) per query]
+    hits = index.range_search(query_codes, radius=2)       # [(distances, ids) per query]
     index.save("my.idx"); index = open_index("my.idx")
 
 Backends: "faiss" (default, embedded, exact), "numpy" (the reference), "milvus" (pymilvus: embedded

@@ -4,8 +4,8 @@ Conventions (all backends, checked against the numpy reference by the tests):
 - codes are packed uint8 (n, bits/8), see `attnhash.codes`;
 - `search(q, k)` returns (distances int32 (nq, k), ids int64 (nq, k)) sorted by distance, ties broken by
   insertion order; when fewer than k items exist the rows are padded with distance -1 and id -1;
-- `range_search(q, r)` returns, per query, (ids int64, distances int32) of every item at distance <= r,
-  in the same (distance, insertion order) order;
+- `range_search(q, r)` returns, per query, (distances int32, ids int64) of every item at distance <= r,
+  in the same (distance, insertion order) order: the same (distances, ids) order as `search`;
 - ids are unique int64 >= 0, chosen by the caller or assigned as consecutive integers after the largest ever
   used; removal keeps the order of the remaining items.
 """
@@ -83,7 +83,7 @@ class Index(ABC):
 
     @abstractmethod
     def range_search(self, queries: np.ndarray, radius: int) -> RangeResult:
-        """Every item within Hamming distance <= radius: a list of (ids, distances) per query."""
+        """Every item within Hamming distance <= radius: a list of (distances, ids) per query."""
 
     @abstractmethod
     def metadata(self, ids: Iterable[int] | np.ndarray) -> list[dict[str, Any]]:
@@ -478,7 +478,7 @@ class LocalIndex(Index):
             raise ValueError(f"radius must be >= 0, got {radius}")
         q = self._queries(queries)
         ids = self._ids.view
-        return [(ids[p], d) for p, d in self._range_positions(q, radius)]
+        return [(d, ids[p]) for d, p in self._range_positions(q, radius)]
 
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -521,8 +521,8 @@ class LocalIndex(Index):
 
 
 def sort_range_hits(qidx: np.ndarray, dist: np.ndarray, pos: np.ndarray, nq: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Flat (query, distance, position) hits -> per-query (positions, distances) sorted by (distance, position)."""
+    """Flat (query, distance, position) hits -> per-query (distances, positions) sorted by (distance, position)."""
     order = np.lexsort((pos, dist, qidx))
     pos, dist, qidx = pos[order], dist[order].astype(np.int32), qidx[order]
     bounds = np.searchsorted(qidx, np.arange(nq + 1))
-    return [(pos[bounds[i] : bounds[i + 1]], dist[bounds[i] : bounds[i + 1]]) for i in range(nq)]
+    return [(dist[bounds[i] : bounds[i + 1]], pos[bounds[i] : bounds[i + 1]]) for i in range(nq)]

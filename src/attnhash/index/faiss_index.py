@@ -179,4 +179,4 @@ class FaissIndex(LocalIndex):
             raise ValueError(f"radius must be >= 0, got {radius}")
         q = self._queries(queries)
         ids = self._ids.view
-        return [(ids[p], d) for p, d in self._range_positions(q, radius, method)]
+        return [(d, ids[p]) for d, p in self._range_positions(q, radius, method)]

@@ -287,7 +287,7 @@ class MilvusIndex(Index):
         out = []
         for hits in rows:
             hits = sorted(hits)
-            out.append((np.array([h[2] for h in hits], dtype=np.int64), np.array([h[0] for h in hits], dtype=np.int32)))
+            out.append((np.array([h[0] for h in hits], dtype=np.int32), np.array([h[2] for h in hits], dtype=np.int64)))
         return out
 
     # ---- persistence --------------------------------------------------------------------------------

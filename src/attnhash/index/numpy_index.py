@@ -105,5 +105,5 @@ class NumpyIndex(LocalIndex):
             pi.append(cols.astype(np.int64))
             di.append(block[rows, cols].astype(np.int32))
         if not qi:
-            return [(np.zeros(0, np.int64), np.zeros(0, np.int32)) for _ in range(len(q))]
+            return [(np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in range(len(q))]
         return sort_range_hits(np.concatenate(qi), np.concatenate(di), np.concatenate(pi), len(q))

@@ -1,11 +1,16 @@
 """What a hashing method is, for the generic trainer.
 
-A method is a loss plus, where it needs them, hooks: a network of its own shape (`build_network`), state
+A method is a loss plus, where it needs them, hooks: a network of its own shape (`network_spec`), state
 prepared before training (`setup`: memory banks, similarity matrices, hash centres), a schedule
 (`on_epoch_start`: continuation, two-stage training) or a training step of its own (`training_step`:
 alternating updates, gradient attention with a look-ahead). The trainer calls these and knows nothing
 about any particular method. Adding a method = one file in attnhash/methods/ + one recipe in
 configs/methods/.
+
+The method registry (`METHODS`) is the one catalogue of every method, deep or shallow: each entry carries its
+kind (deep supervised, deep unsupervised, shallow), so "is this a method, and how is it trained?" has one
+answer. Deep methods register with `@register_method`; the shallow hashers of attnhash.shallow are entered
+by attnhash.methods.shallow.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from torch import Tensor, nn
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
-from attnhash.models.network import HashingNetwork, build_network
+from attnhash.models.network import HashingNetwork, NetworkSpec, build_network
+from attnhash.registry import Registry
 
 
 @dataclass
@@ -41,6 +47,29 @@ class TrainContext:
     grad_clip: float | None = None  # max gradient norm of the network's parameters (optim.grad_clip)
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)  # free space for a method's own bookkeeping
+
+    @torch.no_grad()
+    def collect_outputs(self, key: str) -> tuple[Tensor, Tensor]:
+        """One pass over the training set in eval mode: (N x D) rows of network output `key` addressed by each
+        batch's "index", and (N,) flags of the rows filled (the trainer drops a last batch of one item, so a row
+        can stay unfilled). The network is put back in its previous mode afterwards."""
+        was_training = self.network.training
+        self.network.eval()
+        rows: Tensor | None = None
+        filled = torch.zeros(self.num_train, dtype=torch.bool, device=self.device)
+        try:
+            for batch in self.train_loader:
+                out = self.forward(batch)[key].float()
+                if rows is None:
+                    rows = torch.zeros(self.num_train, out.shape[1], device=self.device)
+                index = batch["index"].to(self.device)
+                rows[index] = out.to(self.device)
+                filled[index] = True
+        finally:
+            self.network.train(was_training)
+        if rows is None:
+            raise ConfigError("the training set is empty")
+        return rows, filled
 
     def optimizer_step(self) -> None:
         """Clip the gradients (when configured) and take the optimizer step: call this instead of
@@ -74,9 +103,14 @@ class Method(nn.Module):
         """Let a method switch its attention off for an ablation, etc. Default: unchanged."""
         return cfg
 
+    def network_spec(self, cfg: ModelConfig) -> NetworkSpec:
+        """The network this method trains, fully resolved: saved with the checkpoint, so the encoder rebuilds
+        the network from it without the method."""
+        model = self.adjust_model_config(dataclasses.replace(cfg, attention_args=dict(cfg.attention_args)))
+        return NetworkSpec(model=model, num_classes=self.num_classes if self.uses_classifier else 0)
+
     def build_network(self, cfg: ModelConfig) -> HashingNetwork:
-        cfg = self.adjust_model_config(dataclasses.replace(cfg))
-        return build_network(cfg, num_classes=self.num_classes if self.uses_classifier else 0)
+        return self.network_spec(cfg).build()
 
     # ----- training hooks ----------------------------------------------------------------------------
     def setup(self, ctx: TrainContext) -> None:
@@ -112,42 +146,47 @@ class Method(nn.Module):
 
 
 # ----- registry --------------------------------------------------------------------------------------
-_METHODS: dict[str, type[Method]] = {}
+DEEP_SUPERVISED, DEEP_UNSUPERVISED, SHALLOW = "deep supervised", "deep unsupervised", "shallow"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method in the catalogue: its kind and the class that implements it (a Method subclass for deep
+    methods, a ShallowHasher subclass for shallow ones)."""
+
+    name: str
+    kind: str  # DEEP_SUPERVISED | DEEP_UNSUPERVISED | SHALLOW
+    impl: type
+    paper: str = ""
+    summary: str = ""
+
+    @property
+    def deep(self) -> bool:
+        return self.kind != SHALLOW
+
+    @property
+    def supervised(self) -> bool:
+        return self.kind == DEEP_SUPERVISED
+
+
+METHODS: Registry[MethodEntry] = Registry("method", package="attnhash.methods")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator of a deep method: enters it in METHODS under its `name`."""
     if not cls.name:
         raise RuntimeError(f"{cls.__name__} has no name")
-    if cls.name in _METHODS:
-        raise RuntimeError(f"method '{cls.name}' registered twice")
-    _METHODS[cls.name] = cls
+    kind = DEEP_SUPERVISED if cls.supervised else DEEP_UNSUPERVISED
+    METHODS.register(cls.name, MethodEntry(cls.name, kind, cls, cls.paper, cls.summary))
     return cls
 
 
-def _load_all() -> None:
-    import importlib
-    import pkgutil
-
-    import attnhash.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in ("base", "losses"):
-            importlib.import_module(f"attnhash.methods.{info.name}")
-
-
 def method_class(name: str) -> type[Method]:
-    _load_all()
-    if name not in _METHODS:
-        from attnhash.shallow import SHALLOW_METHODS  # noqa: PLC0415 - shallow methods train differently
-
-        known = sorted(_METHODS) + sorted(SHALLOW_METHODS)
-        raise ConfigError(f"unknown method '{name}' (known: {', '.join(known)})")
-    return _METHODS[name]
-
-
-def available_methods() -> dict[str, type[Method]]:
-    _load_all()
-    return dict(sorted(_METHODS.items()))
+    """The Method subclass of a deep method (ConfigError for unknown names and for shallow methods)."""
+    entry = METHODS.get(name)
+    if not entry.deep:
+        raise ConfigError(f"method '{entry.name}' is a shallow method: it is fitted on features, not trained")
+    return entry.impl
 
 
 def make_params(cls: type[Method], values: dict | None):

@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods._pairs import Partners, masked_mean
+from attnhash.losses.pairwise import Partners, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, label_similarity, sign
+from attnhash.codes import sign
+from attnhash.losses.pairwise import MemoryBank, label_similarity
 
 
 @dataclass

@@ -44,7 +44,7 @@ from torch import Tensor
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, label_similarity, pairwise_likelihood
+from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
 
 
 @dataclass

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnhash.methods._pairs import Partners, masked_mean
+from attnhash.losses.pairwise import Partners, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import label_similarity
+from attnhash.losses.pairwise import label_similarity
 
 LOG2 = math.log(2.0)
 

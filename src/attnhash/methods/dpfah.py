@@ -30,13 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
+from attnhash.losses.classification import classification_loss, is_single_label
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, label_similarity, pairwise_likelihood, quantization_loss
+from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
+from attnhash.losses.quantization import quantization_loss
 
 
 @dataclass
@@ -45,18 +46,6 @@ class DPFAHParams:
     beta: float = 10.0  # weight of the classification loss (paper's grid best)
     scale: float = 0.5  # theta_ij = scale * <u_i, u_j> in the pairwise likelihood (DPSH's 1/2)
     classification: str = "auto"  # auto | ce | bce
-
-
-def is_single_label(labels: Tensor) -> bool:
-    """True when every row of a multi-hot label matrix holds exactly one 1."""
-    return bool((labels.sum(dim=1) == 1).all())
-
-
-def classification_loss(logits: Tensor, labels: Tensor, single_label: bool) -> Tensor:
-    """Cross-entropy on the label index (single-label) or mean BCE-with-logits on the multi-hot rows."""
-    if single_label:
-        return F.cross_entropy(logits, labels.argmax(dim=1))
-    return F.binary_cross_entropy_with_logits(logits, labels.float())
 
 
 @register_method

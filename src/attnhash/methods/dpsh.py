@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, pairwise_likelihood, quantization_loss
+from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
+from attnhash.losses.quantization import quantization_loss
 
 
 @dataclass

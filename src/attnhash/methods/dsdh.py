@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods._train_pass import collect_outputs
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, pairwise_likelihood, sign
+from attnhash.codes import sign
+from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
 
 
 @dataclass
@@ -112,7 +112,7 @@ class DSDH(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
-        u, filled = collect_outputs(ctx, "z")
+        u, filled = ctx.collect_outputs("z")
         self.bank.update(torch.nonzero(filled).flatten(), u[filled])
         self.B = sign(self.bank.codes.t()).contiguous()
         ctx.log(f"dsdh: network-step weight of ||B - U||^2 = {self.net_eta:.4g}")

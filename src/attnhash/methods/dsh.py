@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnhash.methods._pairs import Partners, masked_mean
+from attnhash.losses.pairwise import Partners, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import label_similarity
+from attnhash.losses.pairwise import label_similarity
 
 
 @dataclass

@@ -30,13 +30,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from torch import Tensor
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
+from attnhash.losses.classification import classification_loss, is_single_label
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, pairwise_likelihood, quantization_loss
+from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
+from attnhash.losses.quantization import quantization_loss
 from attnhash.models.attention.cam import CAMAttention
 
 
@@ -46,10 +46,6 @@ class EGAParams:
     eta: float = 0.1  # weight of the quantisation term in stage 2
     scale: float = 0.5  # theta_ij = scale * <u_i, u_j> in the pairwise likelihood
     classification: str = "auto"  # auto | ce | bce
-
-
-def _single_label(labels: Tensor) -> bool:
-    return bool((labels.sum(dim=1) == 1).all())
 
 
 @register_method
@@ -97,7 +93,7 @@ class EGA(Method):
         p = self.params
         cam = self.branch(ctx)
         labels = ctx.train_labels
-        self.single_label = _single_label(labels) if p.classification == "auto" else p.classification == "ce"
+        self.single_label = is_single_label(labels) if p.classification == "auto" else p.classification == "ce"
         cam.multi_label.fill_(not self.single_label)
         self.bank = MemoryBank(ctx.num_train, self.bits, labels)
         if p.stage1_epochs == 0:
@@ -147,11 +143,7 @@ class EGA(Method):
     def loss(self, out, batch, ctx):
         labels = batch["label"]
         if self.stage == 1:
-            logits = out["cam_logits"]
-            if self.single_label:
-                cls = F.cross_entropy(logits, labels.argmax(dim=1))
-            else:
-                cls = F.binary_cross_entropy_with_logits(logits, labels.float())
+            cls = classification_loss(out["cam_logits"], labels, self.single_label)
             return cls, {"classification": float(cls.detach()), "stage": 1.0}
         u = out["z"]
         self.bank.update(batch["index"], u)

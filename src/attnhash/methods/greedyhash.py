@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
-from attnhash.methods._straight_through import straight_through_sign
+from attnhash.losses.straight_through import straight_through_sign
+from attnhash.losses.classification import classification_loss, is_single_label
 from attnhash.methods.base import Method, TrainContext, register_method
 
 
@@ -41,18 +41,6 @@ class GreedyHashParams:
 def greedy_penalty(h: Tensor, p: float = 3.0) -> Tensor:
     """mean over entries of | |h| - 1 |^p (GreedyHash's regulariser, averaged)."""
     return (h.abs() - 1.0).abs().pow(p).mean()
-
-
-def single_label(labels: Tensor) -> bool:
-    """True when every row of a multi-hot label matrix has exactly one label."""
-    return bool((labels.sum(dim=1) == 1).all())
-
-
-def classification_loss(logits: Tensor, labels: Tensor, softmax: bool) -> Tensor:
-    """Cross-entropy over classes (single-label) or mean per-class binary cross-entropy (multi-label)."""
-    if softmax:
-        return F.cross_entropy(logits, labels.argmax(dim=1))
-    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 @register_method
@@ -79,7 +67,7 @@ class GreedyHash(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         if self.params.classification == "auto":
-            self.softmax = single_label(ctx.train_labels)
+            self.softmax = is_single_label(ctx.train_labels)
 
     def loss(self, out, batch, ctx):
         h = out["z"]

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods._straight_through import straight_through_sign
-from attnhash.methods._train_pass import collect_outputs
+from attnhash.losses.straight_through import straight_through_sign
 from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.methods.greedyhash import greedy_penalty
 
@@ -71,7 +70,7 @@ class GreedyHashUnsup(Method):
         self.register_buffer("has_target", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def setup(self, ctx: TrainContext) -> None:
-        features, filled = collect_outputs(ctx, "features")
+        features, filled = ctx.collect_outputs("features")
         self.targets = F.normalize(features, dim=1)
         self.has_target = filled
         ctx.log(f"greedyhash_unsup: target features of {int(filled.sum())} training items "

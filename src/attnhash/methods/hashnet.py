@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods._pairs import Partners, is_single_label, label_cosine
+from attnhash.losses.classification import is_single_label
+from attnhash.losses.pairwise import Partners, label_cosine
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import label_similarity
+from attnhash.losses.pairwise import label_similarity
 
 
 @dataclass

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnhash.methods._pairs import Partners, label_cosine
+from attnhash.losses.pairwise import Partners, label_cosine
 from attnhash.methods.base import Method, TrainContext, register_method
 
 HARD_EPS = 0.01  # s <= eps or s >= 1 - eps: a hard pair

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from attnhash.errors import ConfigError
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import MemoryBank, label_similarity, pairwise_likelihood, sign
+from attnhash.codes import sign
+from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
 
 
 @dataclass

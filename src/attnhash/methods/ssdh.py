@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.similarity import SimilarityPairs, build_similarity, ssdh_squared_loss
+from attnhash.losses.similarity import SimilarityPairs, build_similarity, ssdh_squared_loss
 
 
 @dataclass
@@ -51,7 +51,8 @@ class SSDH(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         p = self.params
-        s = build_similarity(ctx, p.alpha, p.beta, p.bins, ctx.log)
+        s = build_similarity(*ctx.collect_outputs("features"), p.alpha, p.beta, p.bins, ctx.log,
+                             backbone_weights=ctx.network.backbone.weights_source)
         self.pairs = SimilarityPairs(s, self.bits, p.pairs)
 
     def loss(self, out, batch, ctx):

@@ -62,13 +62,8 @@ from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.methods.losses import quantization_loss
-from attnhash.methods.similarity import (
-    SimilarityPairs,
-    build_similarity,
-    similarity_likelihood,
-    ssdh_squared_loss,
-)
+from attnhash.losses.quantization import quantization_loss
+from attnhash.losses.similarity import SimilarityPairs, build_similarity, similarity_likelihood, ssdh_squared_loss
 
 
 @dataclass
@@ -150,7 +145,8 @@ class UHGA(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         p = self.params
-        s = build_similarity(ctx, p.alpha, p.beta, p.bins, ctx.log)
+        s = build_similarity(*ctx.collect_outputs("features"), p.alpha, p.beta, p.bins, ctx.log,
+                             backbone_weights=ctx.network.backbone.weights_source)
         self.pairs = SimilarityPairs(s, self.bits, p.pairs)
         if self.grad_attention is not None:
             self.attention_optimizer = torch.optim.Adam(self.grad_attention.parameters(), lr=p.attention_lr)

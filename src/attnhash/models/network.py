@@ -7,6 +7,9 @@ but its weights and config to encode new images. Codes are always sign(z) of the
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +17,33 @@ from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
 from attnhash.models.attention import create_attention
 from attnhash.models.backbones import create_backbone
+
+
+@dataclass
+class NetworkSpec:
+    """Everything needed to rebuild a trained hashing network without the method that trained it: the model
+    config as the method resolved it (attention switched off by an ablation, EGA's CAM classes, ...) and the
+    outputs of the classification layer. Saved in every checkpoint."""
+
+    model: ModelConfig
+    num_classes: int = 0  # outputs of the classification layer (0: none)
+
+    def to_dict(self) -> dict:
+        return {"kind": "deep", "model": dataclasses.asdict(self.model), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkSpec":
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(data["model"]) - fields
+        if unknown:
+            raise ConfigError(f"network spec: unknown model key(s) {', '.join(sorted(unknown))}")
+        return cls(model=ModelConfig(**data["model"]), num_classes=int(data.get("num_classes", 0)))
+
+    def build(self, weights: str | None = None) -> "HashingNetwork":
+        """The network; `weights` overrides the backbone's initial weights ("none" when a checkpoint will
+        supply every weight)."""
+        model = self.model if weights is None else dataclasses.replace(self.model, weights=weights)
+        return build_network(model, self.num_classes)
 
 
 class HashingNetwork(nn.Module):
@@ -88,7 +118,7 @@ class HashingNetwork(nn.Module):
 
 
 def build_network(cfg: ModelConfig, num_classes: int = 0) -> HashingNetwork:
-    """The standard network of a config: methods with other needs build on this or replace it."""
+    """The hashing network of a model config, with a classification layer of `num_classes` outputs (0: none)."""
     block_attention = None
     attention = None
     if cfg.attention:

@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from attnhash.serve.app import SearchService, create_app
+from attnhash.serve.http import create_app
+from attnhash.serve.service import SearchService
 
 __all__ = ["create_app", "SearchService", "run_server", "BackgroundServer"]
 

@@ -9,7 +9,7 @@ Every method has the same scikit-learn style shape (``fit`` on an (n, d) matrix,
 """
 
 from attnhash.shallow.base import (
-    SHALLOW_METHODS,
+    HASHERS,
     ShallowHasher,
     create_shallow,
     load_shallow,
@@ -22,11 +22,11 @@ from attnhash.shallow.pcah import PCAH
 from attnhash.shallow.sh import SpectralHashing
 from attnhash.shallow.itq import ITQ
 from attnhash.shallow.sph import SphericalHashing
-from attnhash.shallow.dsh_density import DensitySensitiveHashing
+from attnhash.shallow.density_sensitive import DensitySensitiveHashing
 
 __all__ = [
     "ShallowHasher",
-    "SHALLOW_METHODS",
+    "HASHERS",
     "create_shallow",
     "load_shallow",
     "register_shallow",

@@ -19,10 +19,11 @@ import numpy as np
 
 from attnhash.codes import binarize
 from attnhash.errors import CheckpointError, ConfigError
+from attnhash.registry import Registry
 
 __all__ = [
     "ShallowHasher",
-    "SHALLOW_METHODS",
+    "HASHERS",
     "register_shallow",
     "create_shallow",
     "load_shallow",
@@ -31,33 +32,13 @@ __all__ = [
 # Rows encoded per block: bounds the float64 copy of a large feature matrix (8192 x 1280 x 8 B = 84 MB).
 ENCODE_CHUNK = 8192
 
-SHALLOW_METHODS: dict[str, type["ShallowHasher"]] = {}
-
-
-def register_shallow(cls: type["ShallowHasher"]) -> type["ShallowHasher"]:
-    """Class decorator: add a hasher to ``SHALLOW_METHODS`` under its ``name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__qualname__} has no `name` to register under")
-    other = SHALLOW_METHODS.get(cls.name)
-    if other is not None and other is not cls:
-        raise ValueError(f"shallow method name {cls.name!r} is already taken by {other.__qualname__}")
-    SHALLOW_METHODS[cls.name] = cls
-    return cls
-
-
-def _lookup(name: str) -> type["ShallowHasher"]:
-    key = str(name).strip().lower().replace("-", "_")
-    cls = SHALLOW_METHODS.get(key)
-    if cls is None:
-        raise ConfigError(
-            f"unknown shallow hashing method {name!r}; known: {', '.join(sorted(SHALLOW_METHODS))}"
-        )
-    return cls
+HASHERS: Registry = Registry("shallow hashing method", package="attnhash.shallow")
+register_shallow = HASHERS.register()  # class decorator: a hasher registers under its `name`
 
 
 def create_shallow(name: str, bits: int, seed: int = 0, **params: Any) -> "ShallowHasher":
     """Build an (unfitted) hasher by registry name, e.g. ``create_shallow("itq", 64, n_iter=50)``."""
-    cls = _lookup(name)
+    cls = HASHERS.get(name)
     unknown = sorted(set(params) - set(cls._param_names))
     if unknown:
         allowed = ", ".join(cls._param_names) or "none"
@@ -67,7 +48,7 @@ def create_shallow(name: str, bits: int, seed: int = 0, **params: Any) -> "Shall
 
 def load_shallow(state: Mapping[str, Any]) -> "ShallowHasher":
     """Rebuild a fitted hasher of whichever method wrote ``state`` (its ``method`` entry)."""
-    return _lookup(_method_of(state)).from_state_dict(state)
+    return HASHERS.get(_method_of(state)).from_state_dict(state)
 
 
 def _method_of(state: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ def check_pca_bits(owner: str, bits: int, n: int, d: int) -> None:
     if bits > d:
         raise ConfigError(
             f"{owner}: {bits} bits need {bits} PCA directions but the features are {d}-D; "
-            f"use bits <= {d} (or a method not limited by d: lsh, sh, sph, dsh_density)"
+            f"use bits <= {d} (or a method not limited by d: lsh, sh, sph, density_sensitive)"
         )
     if bits > n - 1:
         raise ConfigError(f"{owner}: {bits} PCA directions need at least {bits + 1} training points, got {n}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnhash.models.attention import register_attention
+from attnhash.models.attention.base import ATTENTION
 
 
 class CAMAttention(nn.Module):
@@ -57,7 +57,7 @@ class CAMAttention(nn.Module):
         return f"weighting={self.weighting}, stage={int(self.stage)}, multi_label={bool(self.multi_label)}"
 
 
-@register_attention("cam")
+@ATTENTION.register("cam")
 def cam(channels: int, num_classes: int, weighting: bool = True) -> CAMAttention:
     """EGA's CAM branch; `num_classes` is set by the ega method from the dataset."""
     return CAMAttention(channels, num_classes, weighting=weighting)

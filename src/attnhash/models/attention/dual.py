@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnhash.models.attention import register_attention
+from attnhash.models.attention.base import ATTENTION
 
 
 def column_statistic(energy: Tensor) -> Tensor:
@@ -149,13 +149,13 @@ class DualAttention(nn.Module):
         return f"{'IDA' if self.improved else 'DANet'}, channels={self.out_channels}, fusion={self.fusion}"
 
 
-@register_attention("ida")
+@ATTENTION.register("ida")
 def ida(channels: int, reduction: int = 8, fusion: str = "mean", width: int | None = None) -> DualAttention:
     """DHIDA's improved dual attention (column max+mean transform before both softmaxes)."""
     return DualAttention(channels, reduction=reduction, improved=True, fusion=fusion, width=width)
 
 
-@register_attention("danet")
+@ATTENTION.register("danet")
 def danet(channels: int, reduction: int = 8, fusion: str = "mean", width: int | None = None) -> DualAttention:
     """Plain DANet dual attention (the DHIDA-D row of seed 002 Table 4)."""
     return DualAttention(channels, reduction=reduction, improved=False, fusion=fusion, width=width)

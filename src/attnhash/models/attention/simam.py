@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnhash.models.attention import register_attention
+from attnhash.models.attention.base import ATTENTION
 
 
 def simam_weights(x: Tensor, lam: float = 1e-4) -> Tensor:
@@ -58,13 +58,13 @@ class SimAM(nn.Module):
         return f"lambda={self.lam:g}, residual={self.residual}"
 
 
-@register_attention("simam")
+@ATTENTION.register("simam")
 def simam(channels: int, lam: float = 1e-4) -> SimAM:
     """Plain SimAM; `channels` is unused (the module is the same for any width)."""
     return SimAM(lam=lam, residual=False)
 
 
-@register_attention("simam_residual")
+@ATTENTION.register("simam_residual")
 def simam_residual(channels: int, lam: float = 1e-4) -> SimAM:
     """DPFAH's PFA block: X + SimAM(X), the element-wise sum of Fig. 1 of seed 000."""
     return SimAM(lam=lam, residual=True)

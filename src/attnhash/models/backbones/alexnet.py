@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnhash.models.backbones.base import Backbone, StageView
+from attnhash.models.backbones.base import BACKBONES, Backbone, StageView
 
 
 class AlexNet(Backbone):
@@ -73,6 +73,7 @@ class AlexNet(Backbone):
         return self.classifier[6] if len(self.classifier) > 6 else None
 
 
+@BACKBONES.register("alexnet")
 def alexnet(**kwargs) -> AlexNet:
     """AlexNet with 4096-d FC7 features."""
     return AlexNet(**kwargs)

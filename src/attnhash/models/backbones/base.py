@@ -5,9 +5,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
+from attnhash.registry import Registry
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# name -> constructor(**kwargs) -> Backbone; each backbone module registers its own
+BACKBONES: Registry = Registry("backbone", package="attnhash.models.backbones")
 
 
 class Backbone(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnhash.models.backbones.base import Backbone, StageView
+from attnhash.models.backbones.base import BACKBONES, Backbone, StageView
 
 # Epsilon as in the TF models. The TF momentum (0.99 decay = PyTorch 0.01) suits long ImageNet training;
 # fine-tuning a hashing network for a few hundred steps on other images needs the running statistics to
@@ -243,16 +243,19 @@ def imagenet_weights_path(variant: str) -> str | None:
     return str(cls.get_model_file_path())
 
 
+@BACKBONES.register("efficientnet_lite0")
 def efficientnet_lite0(**kwargs) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M parameters with its classifier), 1280-d features."""
     return EfficientNetLite("lite0", **kwargs)
 
 
+@BACKBONES.register("efficientnet_lite1")
 def efficientnet_lite1(**kwargs) -> EfficientNetLite:
     """EfficientNet-Lite1 (depth x1.1), 1280-d features."""
     return EfficientNetLite("lite1", **kwargs)
 
 
+@BACKBONES.register("efficientnet_lite2")
 def efficientnet_lite2(**kwargs) -> EfficientNetLite:
     """EfficientNet-Lite2 (width x1.1, depth x1.2), 1280-d features."""
     return EfficientNetLite("lite2", **kwargs)

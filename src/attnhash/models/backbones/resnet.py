@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
 
-from attnhash.models.backbones.base import Backbone, StageView, kaiming_init_
+from attnhash.models.backbones.base import BACKBONES, Backbone, StageView, kaiming_init_
 
 BlockAttention = Callable[[int], nn.Module]
 
@@ -156,16 +156,19 @@ class ResNet(Backbone):
         return self.fc
 
 
+@BACKBONES.register("resnet18")
 def resnet18(**kwargs) -> ResNet:
     """ResNet18: BasicBlock x (2, 2, 2, 2), 512-d features."""
     return ResNet(BasicBlock, (2, 2, 2, 2), "resnet18", **kwargs)
 
 
+@BACKBONES.register("resnet34")
 def resnet34(**kwargs) -> ResNet:
     """ResNet34: BasicBlock x (3, 4, 6, 3), 512-d features."""
     return ResNet(BasicBlock, (3, 4, 6, 3), "resnet34", **kwargs)
 
 
+@BACKBONES.register("resnet50")
 def resnet50(**kwargs) -> ResNet:
     """ResNet50 (v1.5): Bottleneck x (3, 4, 6, 3), 2048-d features."""
     return ResNet(Bottleneck, (3, 4, 6, 3), "resnet50", **kwargs)

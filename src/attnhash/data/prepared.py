@@ -9,14 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnhash.config import DataConfig
-from attnhash.data import load_or_create_split, open_dataset
+from ..config import DataConfig
+from .datasets import open_dataset
+from .protocols import Split, load_or_create_split
+from .sources import ImageSource
 
 
 @dataclass
 class RunData:
-    source: object  # attnhash.data.ImageSource
-    split: object  # attnhash.data.Split
+    source: ImageSource
+    split: Split
     split_path: str
     labels: np.ndarray  # (N, C) uint8 multi-hot over the kept columns, indexed like the source
     train: np.ndarray  # indices into the source

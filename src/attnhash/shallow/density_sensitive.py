@@ -1,7 +1,7 @@
 """DSH (density): Density Sensitive Hashing.
 
 Jin, Li, Lin, Cai, "Density sensitive hashing", IEEE Transactions on Cybernetics 44(8):1362-1371, 2014
-(arXiv:1205.2930). Registered as ``dsh_density``: ``dsh`` in attnhash is Deep Supervised Hashing.
+(arXiv:1205.2930). Registered as ``density_sensitive``: ``dsh`` in attnhash is Deep Supervised Hashing.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DensitySensitiveHashing(ShallowHasher):
     After fit: ``centres_`` (groups, d), ``entropy_`` (bits,) of the chosen candidates, ``pairs_`` (bits, 2).
     """
 
-    name = "dsh_density"
+    name = "density_sensitive"
     paper = "Jin, Li, Lin, Cai, IEEE Trans. Cybernetics 2014"
     _param_names = ("alpha", "r", "kmeans_iter")
     _array_names = ("projections", "thresholds")
@@ -103,4 +103,4 @@ class DensitySensitiveHashing(ShallowHasher):
 
     def _check_state(self) -> None:
         if np.any(np.abs(self.projections_).sum(axis=1) == 0):
-            raise CheckpointError("dsh_density state: a projection is all zeros")
+            raise CheckpointError("density_sensitive state: a projection is all zeros")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods._train_pass import collect_outputs
+from attnhash.losses.pairwise import pairwise_likelihood
 
 MAX_ITEMS = 65_536  # S is N x N int8: 4 GiB at this size
 FINE_BINS = 16_384  # resolution of the first-pass histogram on [0, 2]: bin width 1.2e-4
@@ -180,19 +180,23 @@ def ssdh_similarity(
     return s, stats
 
 
-def build_similarity(ctx, alpha: float, beta: float, bins: int, log: Callable[[str], None]) -> Tensor:
-    """S of the training set from the network's own (pretrained) pooled features, logged; int8 on ctx.device."""
-    weights = getattr(ctx.network.backbone, "weights_source", "random")
-    if weights == "random":
+def build_similarity(features: Tensor, filled: Tensor, alpha: float, beta: float, bins: int,
+                     log: Callable[[str], None], backbone_weights: str = "imagenet") -> Tensor:
+    """S of the training set from the network's own (pretrained) pooled features, logged; int8.
+
+    `features` (N, D) are the pooled features of the training items (from TrainContext.collect_outputs),
+    `filled` marks the rows the feature pass saw; `backbone_weights` is where the backbone's weights came
+    from ("random" earns a warning: untrained features carry little meaning).
+    """
+    if backbone_weights == "random":
         log("warning: the backbone has random weights; the SSDH similarity of untrained features carries "
             "little meaning (use a pretrained backbone, e.g. efficientnet_lite0, or --weights PATH)")
-    if ctx.num_train == 0:
+    if features.shape[0] == 0:
         raise ConfigError("the training set is empty: no features for the SSDH similarity")
-    feats, filled = collect_outputs(ctx, "features")
     missing = int((~filled).sum())
     if missing:
         log(f"SSDH similarity: {missing} training item(s) not seen in the feature pass; their pairs are unknown")
-    s, stats = ssdh_similarity(feats, alpha, beta, bins, valid=filled if missing else None)
+    s, stats = ssdh_similarity(features, alpha, beta, bins, valid=filled if missing else None)
     log("SSDH similarity: " + stats.describe())
     if stats.similar == 0 or stats.dissimilar == 0:
         log("warning: the SSDH similarity has no similar or no dissimilar pairs; lower alpha/beta")
@@ -237,6 +241,4 @@ def ssdh_squared_loss(h: Tensor, other: Tensor, s: Tensor, mask: Tensor) -> Tens
 
 def similarity_likelihood(h: Tensor, other: Tensor, s: Tensor, mask: Tensor, scale: float = 0.5) -> Tensor:
     """DPSH's pairwise negative log-likelihood on the known pairs of S, s_ij = (S_ij + 1)/2 in {0, 1}."""
-    from attnhash.methods.losses import pairwise_likelihood
-
     return pairwise_likelihood(h, other, (s + 1.0) * 0.5, scale=scale, mask=mask)

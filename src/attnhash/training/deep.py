@@ -1,4 +1,4 @@
-"""The one training loop. It knows nothing about any particular method: it builds the method's network,
+"""The one training loop of the deep methods. It knows nothing about any particular method: it builds the method's network,
 feeds batches to the method's `training_step`, calls its hooks, logs, and saves the checkpoint.
 
 CPU economy: when the first backbone stages are frozen (model.freeze) and training images are not
@@ -11,13 +11,8 @@ mode (fixed BatchNorm statistics, no dropout).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import random
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,42 +20,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from attnhash.atomic import atomic_write_text
-from attnhash.checkpoint import save_checkpoint
 from attnhash.config import RunConfig
-from attnhash.data import ImageDataset, augment_batch
-from attnhash.encoder import encode_indices, pick_device
+from attnhash.data import ImageDataset, RunData, augment_batch
 from attnhash.errors import ConfigError
-from attnhash.evaluate.metrics import mean_average_precision
-from attnhash.methods.base import TrainContext, create_method, method_class
-from attnhash.provenance import code_version
-from attnhash.rundata import RunData, prepare_data
-from attnhash.stagecache import stage_outputs
+from attnhash.inference import encode_indices
+from attnhash.inference.stagecache import stage_outputs
+from attnhash.methods import TrainContext, create_method
+from attnhash.metrics import mean_average_precision
+from attnhash.runs import RunFolder
+from attnhash.training.common import TrainResult, run_meta
 
 CACHE_LIMIT_BYTES = 6 << 30  # above this, frozen features are recomputed each epoch instead of cached
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    seconds: float
-    images_per_second: float
-    history: list[dict] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def default_run_name(cfg: RunConfig) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    ablated = "-no-" + "-".join(cfg.method.ablate) if cfg.method.ablate else ""
-    dataset = Path(cfg.data.dataset).name.replace(".", "_")
-    return f"{cfg.method.name}{ablated}-{dataset}-{cfg.model.bits}b-{cfg.model.backbone}-{stamp}"
 
 
 def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -169,20 +139,9 @@ def _split_validation(train: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, data: RunData | None = None) -> TrainResult:
-    """Train the method of `cfg` and save its run folder; returns where and how fast."""
-    from attnhash.shallow_pipeline import fit_shallow, is_shallow
-
-    run_dir = Path(run_dir or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    generator = seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
-    data = data or prepare_data(cfg.data)
-    if is_shallow(cfg.method.name):
-        return fit_shallow(cfg, data, run_dir, device, log=log, progress=progress)
-
-    cls = method_class(cfg.method.name)
+def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.device, generator: torch.Generator,
+               progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train the deep method of `cfg` and save its run folder; returns where and how fast."""
     train_idx, val_idx = data.train, None
     if cfg.train.select == "val":
         train_idx, val_idx = _split_validation(data.train, cfg.train.val_fraction, cfg.train.seed)
@@ -190,7 +149,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
         cfg.method.name, cfg.method.params, cfg.model.bits,
         num_classes=data.num_classes, num_train=len(train_idx), ablate=cfg.method.ablate,
     )
-    network = method.build_network(cfg.model)
+    spec = method.network_spec(cfg.model)
+    network = spec.build()
     network.backbone.freeze(cfg.model.freeze)
     network.to(device)
     method.to(device)
@@ -199,7 +159,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
     optimizer = make_optimizer(cfg, method.trainable_parameters(network))
     scheduler = make_scheduler(cfg, optimizer)
 
-    batches = TrainBatches(network, data, train_idx, cfg, device, generator, cls.supervised, log, progress)
+    batches = TrainBatches(network, data, train_idx, cfg, device, generator, method.supervised, log, progress)
     start_stage = batches.start_stage
 
     def forward(batch: dict) -> dict:
@@ -221,8 +181,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
     )
     method.setup(ctx)
 
-    log_path = run_dir / "log.jsonl"
-    log_path.write_text("")
+    run.start_log()
     history: list[dict] = []
     best = (-1.0, None, -1)
     t_start = time.time()
@@ -261,32 +220,24 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
             if record["val_mAP"] > best[0]:
                 best = (record["val_mAP"], copy.deepcopy(network.state_dict()), epoch + 1)
         history.append(record)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run.append_log(record)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
     if best[1] is not None:
         network.load_state_dict(best[1])
         log(f"kept epoch {best[2]} (best validation mAP {best[0]:.4f})")
     total = time.time() - t_start
-    meta = {
-        "num_classes": data.num_classes,
-        "class_names": data.class_names,
-        "num_train": len(train_idx),
-        "protocol": cfg.data.protocol,
-        "split_file": data.split_path,
-        "train_seconds": round(train_seconds, 2),
-        "total_seconds": round(total, 2),
-        "images_per_second": round(len(train_idx) * cfg.train.epochs / max(train_seconds, 1e-9), 1),
-        "selected_epoch": best[2] if best[1] is not None else cfg.train.epochs,
-        "frozen_stages": network.backbone.frozen_stages,
-        "cached_frozen": start_stage > 0,
-        "device": str(device),
-        "code": code_version(),
-    }
-    ckpt = save_checkpoint(run_dir, network.state_dict(), cfg, meta)
-    atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
-    return TrainResult(run_dir, ckpt, total, meta["images_per_second"], history)
+    meta = run_meta(
+        cfg, data, len(train_idx), device,
+        train_seconds=round(train_seconds, 2),
+        total_seconds=round(total, 2),
+        images_per_second=round(len(train_idx) * cfg.train.epochs / max(train_seconds, 1e-9), 1),
+        selected_epoch=best[2] if best[1] is not None else cfg.train.epochs,
+        frozen_stages=network.backbone.frozen_stages,
+        cached_frozen=start_stage > 0,
+    )
+    ckpt = run.save_model(network.state_dict(), cfg, spec.to_dict(), meta)
+    return TrainResult(run.path, ckpt, total, meta["images_per_second"], history)
 
 
 def _validation_map(network, data: RunData, fit_idx, val_idx, cfg: RunConfig, device) -> float:

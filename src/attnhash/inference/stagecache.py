@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attnhash.atomic import atomic_write
+from attnhash.data import ImageDataset
 
 
 def cache_root() -> Path:
@@ -75,8 +76,6 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
                   batch_size: int = 256, progress: bool = True, log=print) -> torch.Tensor:
     """Outputs of the first `n_stages` stages for source items `indices`, from the disk cache, computing
     (and storing) the rows that are not there yet. Returns a float32 tensor (len(indices), C, h, w)."""
-    from attnhash.data import ImageDataset
-
     key = prefix_key(network, source, image_size, n_stages)
     folder = cache_root() / key
     indices = np.asarray(indices, dtype=np.int64)

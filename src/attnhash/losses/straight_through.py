@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnhash.methods.losses import sign
+from attnhash.codes import sign
 
 
 class _StraightThroughSign(torch.autograd.Function):

@@ -1,6 +1,5 @@
-"""Pair bookkeeping shared by the pairwise comparison methods (dsh, dhn, hashnet, idhn, dfh).
-
-Private helper module, not a method (it registers nothing); a candidate for losses.py.
+"""Pairwise loss parts shared by the pairwise methods: label similarities, DPSH's likelihood, and the
+partners a batch is compared with.
 
 A pairwise loss compares each item i of a batch with partners j. Two sets of partners:
 - "batch": the other items of the same mini-batch (the pairs DSH, DHN, HashNet and IDHN form in their
@@ -14,12 +13,17 @@ A pairwise loss compares each item i of a batch with partners j. Two sets of par
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from attnhash.errors import ConfigError
-from attnhash.methods.losses import MemoryBank
 
 PAIR_MODES = ("batch", "bank")
+
+
+def label_similarity(labels_a: Tensor, labels_b: Tensor) -> Tensor:
+    """s_ij = 1 when items i and j share at least one label (multi-hot rows), else 0."""
+    return (labels_a @ labels_b.t() > 0).float()
 
 
 def label_cosine(labels_a: Tensor, labels_b: Tensor) -> Tensor:
@@ -33,14 +37,43 @@ def label_cosine(labels_a: Tensor, labels_b: Tensor) -> Tensor:
     return (a @ b.t()) / norms.clamp_min(1e-12)
 
 
-def is_single_label(labels: Tensor) -> bool:
-    """True when every row of a multi-hot label matrix holds exactly one 1."""
-    return bool((labels.sum(dim=1) == 1).all())
+def pairwise_likelihood(u_a: Tensor, u_b: Tensor, s: Tensor, scale: float = 0.5, mask: Tensor | None = None) -> Tensor:
+    """DPSH's negative log-likelihood of pairwise similarities, averaged over pairs.
+
+    theta_ij = scale * <u_i, u_j>;  -log p(s_ij | u_i, u_j) = log(1 + exp(theta_ij)) - s_ij * theta_ij,
+    written with softplus so that large |theta| neither overflows nor loses precision.
+    `mask` (same shape as s, 0/1) keeps only some pairs, e.g. the known pairs of an unsupervised similarity.
+    """
+    theta = scale * (u_a @ u_b.t())
+    nll = F.softplus(theta) - s * theta
+    if mask is None:
+        return nll.mean()
+    return (nll * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of `values` over the pairs where mask is 1."""
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class MemoryBank:
+    """Relaxed codes and labels of every training item, updated as batches pass (DPSH-style training:
+    each batch is compared against the whole training set, not only against itself)."""
+
+    def __init__(self, num_items: int, bits: int, labels: Tensor):
+        self.codes = torch.zeros(num_items, bits, device=labels.device)
+        self.labels = labels
+        self.filled = torch.zeros(num_items, dtype=torch.bool, device=labels.device)
+
+    def update(self, index: Tensor, u: Tensor) -> None:
+        self.codes[index] = u.detach().float()
+        self.filled[index] = True
+
+    def pairs(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(bank codes, similarity of the batch to the bank, mask of bank rows filled so far)."""
+        s = label_similarity(labels, self.labels)
+        mask = self.filled.float().unsqueeze(0).expand_as(s)
+        return self.codes, s, mask
 
 
 class Partners:

@@ -1,0 +1,99 @@
+"""Encoder: a trained run folder -> packed binary codes for images.
+
+Everything downstream (evaluation, the index, the search service) gets codes from here, so the
+preprocessing of a query image is exactly the preprocessing of the database images. The network is
+rebuilt from the spec saved in the checkpoint: encoding never needs the method that trained the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from attnhash.codes import pack_codes
+from attnhash.data import open_image, resize_image, to_rgb_array
+from attnhash.errors import CheckpointError
+from attnhash.inference.device import pick_device, prepare_network
+from attnhash.inference.encode import codes_from_batches, encode_indices
+from attnhash.models import network_from_spec
+from attnhash.runs import RunFolder
+
+
+def load_state_into(network: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """load_state_dict with one clear line on mismatch instead of PyTorch's multi-line report."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"shape mismatch {', '.join(wrong[:3])}")
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"{path}: weights do not fit the network of its config ({'; '.join(parts)})")
+    network.load_state_dict(state, strict=True)
+
+
+class Encoder:
+    """Loads a run once; encodes images, sources or lists of image files to packed codes.
+
+    `bits`: refuse the run unless it makes codes of this length.
+    """
+
+    def __init__(self, run: str | Path | RunFolder, device: str = "auto", bits: int | None = None):
+        self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        checkpoint = self.run.load_model()
+        self.run_dir = str(run)
+        self.config = checkpoint.config
+        self.meta = checkpoint.meta
+        self.network_spec = checkpoint.network
+        self.fingerprint = checkpoint.fingerprint
+        self.bits = checkpoint.config.model.bits
+        if bits is not None and bits != self.bits:
+            raise CheckpointError(f"{checkpoint.path}: the checkpoint makes {self.bits}-bit codes, but {bits} bits "
+                                  "were asked")
+        self.image_size = checkpoint.config.data.image_size
+        self.class_names = checkpoint.meta.get("class_names")
+        self.device = pick_device(device)
+        self.model = network_from_spec(checkpoint.network)
+        load_state_into(self.model, checkpoint.state, checkpoint.path)
+        prepare_network(self.model, self.device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **kwargs) -> "Encoder":
+        return cls(run_dir, **kwargs)
+
+    def _batch(self, images: Sequence) -> torch.Tensor:
+        arrays = [resize_image(to_rgb_array(img, f"image {i}"), self.image_size) for i, img in enumerate(images)]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
+        """PIL images or HxWx3 uint8 arrays -> packed uint8 codes (n, bits/8)."""
+        batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
+        return pack_codes(codes_from_batches(self.model, batches, self.device))
+
+    def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128) -> np.ndarray:
+        batches = (
+            self._batch([open_image(p) for p in paths[s : s + batch_size]]) for s in range(0, len(paths), batch_size)
+        )
+        return pack_codes(codes_from_batches(self.model, batches, self.device))
+
+    def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True,
+                      use_stage_cache: bool = False) -> np.ndarray:
+        """Items of an ImageSource (all, or the given indices) -> packed codes, in that order.
+
+        use_stage_cache: when the run was trained with train.frozen_cache=disk, read its frozen stages'
+        output from the shared disk cache (computing what is missing) instead of running them again.
+        """
+        indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        cached = 0
+        if use_stage_cache and self.config.train.frozen_cache == "disk":
+            cached = int(self.meta.get("frozen_stages", 0))
+        return pack_codes(encode_indices(self.model, source, indices, self.image_size, self.device, batch_size,
+                                         progress, cached_stages=cached))
