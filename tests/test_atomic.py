@@ -32,8 +32,8 @@ def test_all_three_writers_replace_the_file_with_the_usual_permissions(tmp_path,
 
 
 def test_a_writer_that_makes_its_own_private_file_still_gives_the_usual_permissions(tmp_path, umask_022):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     target = tmp_path / "model.safetensors"
     atomic_write(target, lambda tmp: save_file({"w": torch.zeros(2)}, tmp))  # save_file creates files 0600

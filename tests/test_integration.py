@@ -9,12 +9,12 @@ import pytest
 
 import attnhash
 from attnhash.config import build_config
-from attnhash.inference import encode_indices, pick_device
-from attnhash.metrics import mean_average_precision
-from attnhash.evaluate.run import evaluate_run
-from attnhash.methods.base import create_method
-from attnhash.provenance import code_version
 from attnhash.data import prepare_data
+from attnhash.evaluation.run import evaluate_run
+from attnhash.inference import encode_indices, pick_device
+from attnhash.methods.base import create_method
+from attnhash.metrics import mean_average_precision
+from attnhash.provenance import code_version
 from attnhash.training import seed_everything, train
 
 SMALL = [

@@ -1,12 +1,18 @@
-"""The `attnhash` command line: one sub-command module per command group under attnhash.commands."""
+"""The `attnhash` command line: one sub-command module per command group under attnhash.commands.
+
+Each command module registers its parser here and imports what it needs (torch, FAISS, ...) inside its `run`,
+so `attnhash --help` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from attnhash.errors import AttnHashError
+from attnhash.version import __version__
 
 # Each module defines `register(subparsers)`, which adds its sub-command(s) and sets `func` on them.
 COMMAND_MODULES = [
@@ -28,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnhash",
         description="Deep hashing with attention for image retrieval: train, encode, index, search, evaluate, serve.",
     )
-    parser.add_argument("--version", action="version", version=f"attnhash {__import__('attnhash').__version__}")
+    parser.add_argument("--version", action="version", version=f"attnhash {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import yaml
 from attnhash.atomic import atomic_write_text
 from attnhash.config import RunConfig, build_config, load_yaml
 from attnhash.errors import ConfigError
-from attnhash.evaluate.run import evaluate_run
+from attnhash.evaluation.run import evaluate_run
 from attnhash.runs import RunFolder
 from attnhash.training import train
 
@@ -172,7 +172,7 @@ def _recorded_results(grid: Grid) -> dict[str, dict]:
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}); move it away to rebuild it from the run folders")
+        raise ConfigError(f"{path}: not valid JSON ({err}); move it away to rebuild it from the run folders") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "run" in r for r in records):
         raise ConfigError(f"{path}: expected a list of run records")
     return {Path(r["run"]).name: r for r in records}

@@ -8,7 +8,7 @@ import functools
 import subprocess
 from pathlib import Path
 
-from attnhash import __version__
+from attnhash.version import __version__
 
 
 @functools.lru_cache(maxsize=1)

@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from attnhash.codes import as_packed, hamming_distances
     from attnhash.data import open_item_ref, prepare_data
-    from attnhash.evaluate.run import encode_split, evaluate_run
+    from attnhash.evaluation.run import encode_split, evaluate_run
     from attnhash.inference import Encoder
     from attnhash.retrieval import Retriever, source_metadata
     from attnhash.training import train

@@ -44,7 +44,7 @@ def run(args) -> int:
             raise AttnHashError(f"{args.codes}: {err}") from None
         result = {"method": "codes", **m.to_dict()}
     else:
-        from attnhash.evaluate.run import evaluate_run
+        from attnhash.evaluation.run import evaluate_run
 
         topk = args.topk
         _, result = evaluate_run(args.run, topk=topk, progress=not args.json, plots=not args.no_plots,

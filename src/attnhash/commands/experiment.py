@@ -19,8 +19,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from attnhash.evaluate.report import markdown_report, write_report
     from attnhash.errors import ConfigError
+    from attnhash.evaluation.report import markdown_report, write_report
     from attnhash.experiment import finished_results, load_grid, run_grid
 
     grid = load_grid(args.grid, args.out)

@@ -26,7 +26,7 @@ def run(args) -> int:
     print(f"run folder: {result.run_dir}  ({result.seconds:.1f}s, {result.images_per_second:.0f} train images/s)")
     if args.evaluate:
         from attnhash.commands.evaluate import print_summary
-        from attnhash.evaluate.run import evaluate_run
+        from attnhash.evaluation.run import evaluate_run
 
         _, summary = evaluate_run(result.run_dir, progress=not args.quiet)
         print_summary(summary)

@@ -13,29 +13,25 @@ milvus-lite by default, or any Milvus server by URI).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from attnhash.index.base import PAD, Index, LocalIndex, RangeResult
 from attnhash.index.fileformat import read_header, verify_file
+from attnhash.registry import Registry
 
 __all__ = ["Index", "LocalIndex", "RangeResult", "PAD", "BACKENDS", "create_index", "open_index", "read_header",
            "verify_file", "get_backend"]
 
-BACKENDS: dict[str, str] = {
-    "faiss": "attnhash.index.faiss_index:FaissIndex",
-    "numpy": "attnhash.index.numpy_index:NumpyIndex",
-    "milvus": "attnhash.index.milvus_index:MilvusIndex",
-}
+# Imported on first use: pymilvus alone takes seconds to import.
+BACKENDS: Registry = Registry("index backend")
+BACKENDS.register("faiss", "attnhash.index.faiss_index:FaissIndex")
+BACKENDS.register("numpy", "attnhash.index.numpy_index:NumpyIndex")
+BACKENDS.register("milvus", "attnhash.index.milvus_index:MilvusIndex")
 
 
 def get_backend(name: str) -> type[Index]:
-    """The Index class registered under `name`."""
-    try:
-        module, cls = BACKENDS[name].split(":")
-    except KeyError:
-        raise ValueError(f"unknown index backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
-    return getattr(importlib.import_module(module), cls)
+    """The Index class registered under `name` (ConfigError naming the known backends otherwise)."""
+    return BACKENDS.get(name)
 
 
 def create_index(backend: str = "faiss", bits: int = 64, fingerprint: str | None = None,

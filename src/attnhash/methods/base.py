@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
-from attnhash.models.network import HashingNetwork, NetworkSpec, build_network
+from attnhash.models.network import HashingNetwork, NetworkSpec
 from attnhash.registry import Registry
 
 

@@ -56,9 +56,9 @@ import torch
 from torch import Tensor
 
 from attnhash.errors import ConfigError
+from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
 from attnhash.losses.straight_through import straight_through_sign
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
 
 
 @dataclass

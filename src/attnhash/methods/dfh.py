@@ -39,11 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnhash.errors import ConfigError
-from attnhash.losses.pairwise import Partners, masked_mean
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.codes import sign
-from attnhash.losses.pairwise import MemoryBank, label_similarity
+from attnhash.errors import ConfigError
+from attnhash.losses.pairwise import MemoryBank, Partners, label_similarity, masked_mean
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

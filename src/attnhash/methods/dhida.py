@@ -43,8 +43,8 @@ from torch import Tensor
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnhash.losses.pairwise import Partners, masked_mean
+from attnhash.losses.pairwise import Partners, label_similarity, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.losses.pairwise import label_similarity
 
 LOG2 = math.log(2.0)
 

@@ -35,9 +35,9 @@ from torch import Tensor
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
 from attnhash.losses.classification import classification_loss, is_single_label
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
 from attnhash.losses.quantization import quantization_loss
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
 from attnhash.losses.quantization import quantization_loss
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

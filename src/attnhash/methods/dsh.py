@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnhash.losses.pairwise import Partners, masked_mean
+from attnhash.losses.pairwise import Partners, label_similarity, masked_mean
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.losses.pairwise import label_similarity
 
 
 @dataclass

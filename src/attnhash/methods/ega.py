@@ -30,13 +30,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
 from attnhash.losses.classification import classification_loss, is_single_label
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
 from attnhash.losses.quantization import quantization_loss
+from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.models.attention.cam import CAMAttention
 
 

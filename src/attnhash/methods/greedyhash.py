@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
-from attnhash.losses.straight_through import straight_through_sign
 from attnhash.losses.classification import classification_loss, is_single_label
+from attnhash.losses.straight_through import straight_through_sign
 from attnhash.methods.base import Method, TrainContext, register_method
 
 

@@ -38,9 +38,8 @@ from torch import Tensor
 
 from attnhash.errors import ConfigError
 from attnhash.losses.classification import is_single_label
-from attnhash.losses.pairwise import Partners, label_cosine
+from attnhash.losses.pairwise import Partners, label_cosine, label_similarity
 from attnhash.methods.base import Method, TrainContext, register_method
-from attnhash.losses.pairwise import label_similarity
 
 
 @dataclass

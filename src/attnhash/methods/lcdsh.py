@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnhash.errors import ConfigError
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.codes import sign
+from attnhash.errors import ConfigError
 from attnhash.losses.pairwise import MemoryBank, label_similarity, pairwise_likelihood
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.similarity import SimilarityPairs, build_similarity, ssdh_squared_loss
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

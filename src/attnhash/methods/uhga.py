@@ -61,9 +61,9 @@ import torch
 from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
-from attnhash.methods.base import Method, TrainContext, register_method
 from attnhash.losses.quantization import quantization_loss
 from attnhash.losses.similarity import SimilarityPairs, build_similarity, similarity_likelihood, ssdh_squared_loss
+from attnhash.methods.base import Method, TrainContext, register_method
 
 
 @dataclass

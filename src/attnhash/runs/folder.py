@@ -13,11 +13,11 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from attnhash import __version__
 from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.codefile import SplitCodes
 from attnhash.config import RunConfig, config_from_dict
 from attnhash.errors import AttnHashError, CheckpointError, DataError
+from attnhash.version import __version__
 
 # Version 2 added the network spec; a version-1 checkpoint cannot be rebuilt without its method.
 CHECKPOINT_FORMAT = "attnhash-checkpoint-2"

@@ -25,11 +25,11 @@ from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from attnhash import __version__
 from attnhash.data.images import ImageTooLargeError, NotAnImageError
 from attnhash.errors import AttnHashError, InvalidRequestError, NotFoundError, UnavailableError
 from attnhash.serve.middleware import BodyLimitMiddleware
 from attnhash.serve.service import SearchService
+from attnhash.version import __version__
 
 STATIC_DIR = Path(__file__).with_name("static")
 

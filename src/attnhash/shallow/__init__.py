@@ -15,14 +15,14 @@ from attnhash.shallow.base import (
     load_shallow,
     register_shallow,
 )
+from attnhash.shallow.density_sensitive import DensitySensitiveHashing
+from attnhash.shallow.itq import ITQ
 
 # importing each method module registers it
 from attnhash.shallow.lsh import LSH
 from attnhash.shallow.pcah import PCAH
 from attnhash.shallow.sh import SpectralHashing
-from attnhash.shallow.itq import ITQ
 from attnhash.shallow.sph import SphericalHashing
-from attnhash.shallow.density_sensitive import DensitySensitiveHashing
 
 __all__ = [
     "ShallowHasher",

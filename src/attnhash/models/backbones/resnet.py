@@ -12,7 +12,6 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from attnhash.errors import ConfigError
-
 from attnhash.models.backbones.base import BACKBONES, Backbone, StageView, kaiming_init_
 
 BlockAttention = Callable[[int], nn.Module]

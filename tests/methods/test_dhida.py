@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from attnhash.config import build_config
-from attnhash.models import network_from_spec
 from attnhash.errors import ConfigError
 from attnhash.methods.base import create_method
 from attnhash.methods.dhida import balance_loss, piecewise
+from attnhash.models import network_from_spec
 
 BACKBONES = ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]
 BITS = [16, 32, 48, 64, 128]

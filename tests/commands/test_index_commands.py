@@ -9,8 +9,7 @@ import pytest
 
 from attnhash.cli import main
 from attnhash.index import open_index
-
-from test_index_fixtures import make_tiny_run, write_image_folder
+from index_fixtures import make_tiny_run, write_image_folder
 
 
 @pytest.fixture(scope="module")

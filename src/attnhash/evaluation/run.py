@@ -13,7 +13,7 @@ import numpy as np
 
 from attnhash.codefile import SplitCodes
 from attnhash.data import RunData, prepare_data
-from attnhash.evaluate.plots import plot_run
+from attnhash.evaluation.plots import plot_run
 from attnhash.inference import Encoder
 from attnhash.metrics import RetrievalMetrics, evaluate_retrieval
 from attnhash.runs import RunFolder

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from attnhash.methods.base import TrainContext, create_method
 from attnhash.losses.similarity import ssdh_similarity
+from attnhash.methods.base import TrainContext, create_method
 from conftest import fmnist_batches
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer4"}, n_batches=3, batch_size=24)

@@ -7,8 +7,7 @@ import pytest
 
 from attnhash.errors import AttnHashError, IndexFileError
 from attnhash.index import create_index, open_index
-
-from test_index_fixtures import real_codes
+from index_fixtures import real_codes
 
 pytestmark = pytest.mark.milvus
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_index_fixtures import make_tiny_run
+from index_fixtures import make_tiny_run
 
 
 def attnhash(*args, cwd=None):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from attnhash.losses.classification import is_single_label
 from attnhash.losses.straight_through import straight_through_sign
 from attnhash.methods.base import create_method
-from attnhash.losses.classification import is_single_label
 from attnhash.methods.greedyhash import greedy_penalty
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})

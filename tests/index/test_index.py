@@ -17,8 +17,7 @@ from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index, read_header
 from attnhash.index.faiss_index import FaissIndex, hash_layout
 from attnhash.index.fileformat import HEADER_SIZE
-
-from test_index_fixtures import real_codes
+from index_fixtures import real_codes
 
 
 def brute_force_topk(q: np.ndarray, db: np.ndarray, ids: np.ndarray, k: int):

@@ -271,7 +271,7 @@ def test_cache_location_when_no_root_or_not_writable(tmp_path, monkeypatch):
     _, path2 = load_or_create_split(src2, "cifar10")
     assert os.path.dirname(path2) == str(tmp_path / "cache" / "splits")
     assert load_or_create_split(src2, "cifar10")[1] == path2  # found again in the cache
-    for d, _, files in os.walk(tmp_path):
+    for _, _, files in os.walk(tmp_path):
         assert not [f for f in files if f.endswith(".tmp")]
 
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 from attnhash.index import create_index
 from attnhash.serve import BackgroundServer, create_app
-
-from test_index_fixtures import FakeEncoder, fmnist_images
+from index_fixtures import FakeEncoder, fmnist_images
 
 pytestmark = pytest.mark.browser
 

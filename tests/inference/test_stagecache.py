@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from attnhash.config import ModelConfig
-from attnhash.models.network import build_network
 from attnhash.inference.stagecache import cache_root, prefix_key, stage_outputs
+from attnhash.models.network import build_network
 
 
 def test_cached_rows_equal_direct_computation_and_key_tracks_weights(fmnist):

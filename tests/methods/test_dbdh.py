@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from attnhash.losses.pairwise import pairwise_likelihood
 from attnhash.methods.base import TrainContext, create_method
 from attnhash.methods.dbdh import balance_term
-from attnhash.losses.pairwise import pairwise_likelihood
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 

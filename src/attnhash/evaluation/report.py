@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnhash.atomic import atomic_write_text
-from attnhash.evaluate.plots import plot_h2, plot_pn, plot_pr
+from attnhash.evaluation.plots import plot_h2, plot_pn, plot_pr
 
 
 def _rows_and_bits(results: list[dict]) -> tuple[list[str], list[int]]:

@@ -17,8 +17,7 @@ from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index
 from attnhash.serve import BackgroundServer, create_app
 from attnhash.serve.batching import MicroBatcher
-
-from test_index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
+from index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx versions
@@ -52,8 +51,8 @@ def served(tmp_path, images):
         paths.append(str(p))
     index = create_index("faiss", 64, fingerprint=enc.fingerprint,
                          info={"class_names": [f"class{i}" for i in range(10)], "run_dir": "fake-run"})
-    index.add(enc.encode_images(list(pics[:100])), metadata=[{"path": p, "labels": [int(l)]}
-                                                              for p, l in zip(paths, labels[:100])])
+    index.add(enc.encode_images(list(pics[:100])), metadata=[{"path": p, "labels": [int(c)]}
+                                                              for p, c in zip(paths, labels[:100])])
     path = str(tmp_path / "s.idx")
     index.save(path)
     app = create_app(path, encoder=enc, max_upload_mb=0.5)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from attnhash.methods.base import TrainContext, create_method
-from attnhash.methods.dsdh import b_objective, b_step, w_step
 from attnhash.codes import sign
 from attnhash.losses.pairwise import MemoryBank
+from attnhash.methods.base import TrainContext, create_method
+from attnhash.methods.dsdh import b_objective, b_step, w_step
 
 SMALL = dict(bits=32, image_size=32, model={"freeze": "layer3"}, optim={"lr": 1e-4})
 

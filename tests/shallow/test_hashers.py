@@ -8,9 +8,9 @@ import pytest
 from attnhash.errors import CheckpointError, ConfigError
 from attnhash.metrics import mean_average_precision
 from attnhash.shallow import (
+    HASHERS,
     ITQ,
     LSH,
-    HASHERS,
     DensitySensitiveHashing,
     SpectralHashing,
     SphericalHashing,
@@ -75,7 +75,8 @@ def test_state_dict_round_trip(name, fitted, clusters):
     assert all(isinstance(v, np.ndarray) for v in state.values())
     assert state["bits"].ndim == 0 and int(state["bits"]) == 32
     expected = hasher.encode(clusters[3])
-    from safetensors.numpy import load as st_load, save as st_save
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
 
     on_disk = st_load(st_save({k: np.ascontiguousarray(v) for k, v in state.items()}))  # as a checkpoint holds it
     for clone in (type(hasher).from_state_dict(state), load_shallow(state), load_shallow(on_disk)):
