@@ -29,3 +29,21 @@ def test_cached_rows_equal_direct_computation_and_key_tracks_weights(fmnist):
         net.backbone.conv1.weight.add_(1.0)  # other weights in the frozen prefix -> another cache
     assert prefix_key(net, fmnist, 32, 2) != key
     assert prefix_key(net, fmnist, 32, 3) != key
+
+
+def test_a_run_trains_the_same_with_a_cold_or_a_warm_cache(fmnist, tmp_path, monkeypatch):
+    """Filling the cache must not move the global RNG that training draws from (stochastic depth)."""
+    from safetensors.torch import load_file
+
+    from attnhash.config import build_config
+    from attnhash.training import train
+
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = build_config("dpsh", overrides=["data.image_size=32", "data.train_limit=64", "model.weights=none",
+                                          "model.backbone=efficientnet_lite0", "model.freeze=block3",
+                                          "model.bits=16", "train.epochs=1", "train.batch_size=32",
+                                          "train.frozen_cache=disk"])
+    cold = train(cfg, run_dir=tmp_path / "cold", progress=False, log=lambda m: None)
+    warm = train(cfg, run_dir=tmp_path / "warm", progress=False, log=lambda m: None)
+    a, b = load_file(cold.checkpoint), load_file(warm.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -98,7 +98,10 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
                                              "image_size": image_size, "n_stages": n_stages}))
         todo = np.unique(indices[~done[indices]])
         if len(todo):
-            loader = DataLoader(ImageDataset(source, todo, image_size), batch_size=batch_size, shuffle=False)
+            # a private generator: iterating a DataLoader draws a seed from the global RNG, and a run must train
+            # the same whether its cache was filled now or by an earlier run (stochastic depth draws from it)
+            loader = DataLoader(ImageDataset(source, todo, image_size), batch_size=batch_size, shuffle=False,
+                                generator=torch.Generator())
             pos = 0
             for batch in tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
                               disable=None if progress else True):
