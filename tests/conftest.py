@@ -31,6 +31,25 @@ def fmnist():
     return load_fashion_mnist(FMNIST_DIR)
 
 
+def foolbox_photos() -> list:
+    """The 20 real ImageNet photos PyPI foolbox ships (JPEG, various sizes), or [] when it is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("foolbox")  # not imported: foolbox's own dependencies are not installed
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted((Path(list(spec.submodule_search_locations)[0]) / "data").glob("imagenet_*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def photos():
+    found = foolbox_photos()
+    if not found:
+        pytest.skip("foolbox (its ImageNet sample photos) is not installed: scripts/setup.sh --dev")
+    return found
+
+
 def fmnist_batches(source, n_batches: int = 3, batch_size: int = 24, image_size: int = 64, seed: int = 0):
     """A few fixed batches of real images, in the trainer's batch format (input, label, index)."""
     from attnhash.data import ImageDataset

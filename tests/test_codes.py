@@ -35,12 +35,26 @@ def test_hamming_equals_inner_product_formula(bits):
     assert np.array_equal(hamming_distances(pack_codes(q), pack_codes(d)), expected)
 
 
+def test_any_code_length_from_4_bits_packs_with_zero_padding():
+    rng = np.random.default_rng(0)
+    for bits in (4, 12, 20, 24, 36):
+        codes = np.where(rng.random((50, bits)) < 0.5, -1, 1).astype(np.int8)
+        packed = pack_codes(codes)
+        assert packed.shape == (50, (bits + 7) // 8)
+        np.testing.assert_array_equal(unpack_codes(packed, bits), codes)
+        np.testing.assert_array_equal(as_packed(codes, bits), packed)
+        np.testing.assert_array_equal(as_packed(packed, bits), packed)
+        # the padding bits are 0 in every code: Hamming distances are those of the K real bits
+        np.testing.assert_array_equal(hamming_distances(packed, packed),
+                                      (codes[:, None, :] != codes[None, :, :]).sum(-1))
+
+
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="multiple of 8"):
-        pack_codes(np.ones((2, 12)))
+    with pytest.raises(ValueError, match="at least 4 bits"):
+        pack_codes(np.ones((2, 3)))
     with pytest.raises(ValueError, match="values"):
         as_packed(np.array([[0, 2, 1, 1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="do not match"):
         hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 3), np.uint8))
-    with pytest.raises(ValueError, match="expected 16"):
+    with pytest.raises(ValueError, match="16-bit codes take 2"):
         unpack_codes(np.zeros((1, 1), np.uint8), 16)

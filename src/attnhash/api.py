@@ -35,9 +35,11 @@ def _run_dir(run: RunLike) -> str:
 
 def train(method: str | RunConfig | None = None, *, dataset: str | None = None, bits: int | None = None,
           epochs: int | None = None, name: str | None = None, overrides: list[str] | None = None,
-          run_dir: str | Path | None = None, progress: bool | None = None, log=print) -> TrainResult:
+          run_dir: str | Path | None = None, progress: bool | None = None, log=print,
+          force: bool = False) -> TrainResult:
     """Train a method (by name, with the shortcuts and overrides given) or a ready RunConfig; returns the
-    run's folder, time and history. Progress bars show when stderr is a terminal, unless told."""
+    run's folder, time and history. Progress bars show when stderr is a terminal, unless told. A run folder
+    that holds a run already is refused unless `force`."""
     if isinstance(method, RunConfig):
         cfg = method
     else:
@@ -48,7 +50,7 @@ def train(method: str | RunConfig | None = None, *, dataset: str | None = None, 
         cfg = build_config(method, None, sections, overrides)
     METHODS.get(cfg.method.name)
     progress = sys.stderr.isatty() if progress is None else progress
-    return _train(cfg, run_dir=run_dir, progress=progress, log=log)
+    return _train(cfg, run_dir=run_dir, progress=progress, log=log, force=force)
 
 
 def evaluate(run: RunLike, topk: int | None = None, plots: bool = True, device: str = "auto") -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Conventions used everywhere in attnhash:
 - a code is a vector in {-1, +1}^K with sign(0) = +1;
-- packed, bit 1 stands for +1, K/8 bytes per code, first code bit in the most significant bit of byte 0
+- packed, bit 1 stands for +1, ceil(K/8) bytes per code, first code bit in the most significant bit of byte 0
   (numpy.packbits' default order), so packed codes are the byte layout FAISS and Milvus binary indexes use;
+  any K >= 4 works (12-bit tables): the last byte is padded with zero bits, the same in every code, so
+  Hamming distances are unchanged;
 - Hamming distance = (K - <b_q, b_d>) / 2 = popcount(q XOR d).
 """
 
@@ -20,16 +22,26 @@ __all__ = [
     "hamming_distances",
     "popcount",
     "check_bits",
+    "code_bytes",
+    "MIN_BITS",
 ]
+
+MIN_BITS = 4
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def check_bits(bits: int) -> int:
+    """A valid code length K (an integer >= 4)."""
     bits = int(bits)
-    if bits <= 0 or bits % 8:
-        raise ValueError(f"code length must be a positive multiple of 8 bits, got {bits}")
+    if bits < MIN_BITS:
+        raise ValueError(f"code length must be at least {MIN_BITS} bits, got {bits}")
     return bits
+
+
+def code_bytes(bits: int) -> int:
+    """Bytes of one packed code of `bits` bits."""
+    return (check_bits(bits) + 7) // 8
 
 
 def sign(x):
@@ -58,14 +70,14 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
 
 
 def unpack_codes(packed: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """uint8 (n, K/8) -> int8 codes in {-1, +1} of shape (n, K)."""
+    """uint8 (n, ceil(K/8)) -> int8 codes in {-1, +1} of shape (n, K); `bits` None: 8 per byte."""
     packed = np.asarray(packed, dtype=np.uint8)
     if packed.ndim != 2:
         raise ValueError(f"packed codes must be a 2-D uint8 array (n, K/8), got shape {packed.shape}")
     bits = packed.shape[1] * 8 if bits is None else check_bits(bits)
-    if bits != packed.shape[1] * 8:
-        raise ValueError(f"packed codes hold {packed.shape[1] * 8} bits per row, expected {bits}")
-    return (np.unpackbits(packed, axis=1).astype(np.int8) * 2 - 1)
+    if code_bytes(bits) != packed.shape[1]:
+        raise ValueError(f"packed codes hold {packed.shape[1]} bytes per row, {bits}-bit codes take {code_bytes(bits)}")
+    return (np.unpackbits(packed, axis=1, count=bits).astype(np.int8) * 2 - 1)
 
 
 def as_packed(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
@@ -76,7 +88,7 @@ def as_packed(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2:
         raise ValueError(f"codes must be a 2-D array, got shape {codes.shape}")
-    if codes.dtype == np.uint8 and (bits is None or codes.shape[1] * 8 == bits):
+    if codes.dtype == np.uint8 and (bits is None or (codes.shape[1] == code_bytes(bits) and codes.shape[1] != bits)):
         return np.ascontiguousarray(codes)
     values = np.unique(codes[: min(len(codes), 4096)])
     if not np.isin(values, (-1, 1)).all() and not np.isin(values, (0, 1)).all():

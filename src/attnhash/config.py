@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from attnhash.codes import MIN_BITS
 from attnhash.errors import ConfigError
 
 SUPPORTED_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -26,9 +28,16 @@ SUPPORTED_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 class DataConfig:
     dataset: str = "fmnist"  # a dataset name (fmnist, cifar10, nuswide, imagenet100) or a path
     root: str | None = None  # where the dataset lives, for names that need it
-    protocol: str = "fmnist"  # query/train/database split protocol (DESIGN.md section 4)
+    # query/train/database split protocol (DESIGN.md section 4); auto: the dataset's own (fmnist, cifar10,
+    # nuswide21, imagenet100), or "stratified" for any other data
+    protocol: str = "auto"
     split_seed: int = 0
-    split_file: str | None = None  # default: beside the data, else the cache folder
+    split_file: str | None = None  # default: the cache folder (never the data folder)
+    # the stratified protocol, per class: a fraction (< 1) or a count (>= 1) of query and train items
+    split_query: float = 0.1
+    split_train: float = 0.5
+    train_in_database: str = "auto"  # auto (yes when a class has fewer than 3 images) | yes | no
+    strict: bool = False  # stop at the first unreadable image instead of skipping and reporting it
     image_size: int = 64  # network input side in pixels
     augment: bool = False  # random flip + crop on training images
     train_limit: int | None = None  # use only this many training images (quick runs, tests)
@@ -112,23 +121,32 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _merge_into(obj, values: dict, where: str) -> None:
-    """Write a nested dict into dataclass `obj`, refusing unknown keys (typos must not pass silently)."""
+def _merge_into(obj, values: dict, where: str, prefix: str = "") -> None:
+    """Write a nested dict into dataclass `obj`, refusing unknown keys (typos must not pass silently).
+    `where` names the layer (a file, --set ...), `prefix` the dotted path of `obj` inside the config."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        what = f"'{prefix[:-1]}' is a section: " if prefix else ""
+        raise ConfigError(f"{where}: {what}expected a mapping of keys, got {type(values).__name__} {values!r}")
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(names)})")
+            close = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint} (known in "
+                              f"{prefix[:-1] or 'the config'}: {', '.join(names)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _merge_into(current, value, f"{where}.{key}")
+            _merge_into(current, value, where, f"{prefix}{key}.")
         elif isinstance(current, dict) and isinstance(value, dict) and key != "attention_args":
             merged = dict(current)
             merged.update(value)
             setattr(obj, key, merged)
         else:
             setattr(obj, key, copy.deepcopy(value))
+
+
+# The protocol a named dataset is evaluated with by default; any other data (a path) gets "stratified".
+NATURAL_PROTOCOLS = {"fmnist": "fmnist", "cifar10": "cifar10", "nuswide": "nuswide21", "imagenet100": "imagenet100"}
 
 
 def _coerce(cfg: RunConfig) -> None:
@@ -161,8 +179,10 @@ def _coerce(cfg: RunConfig) -> None:
             setattr(obj, f.name, value)
 
     check(cfg, "config")
-    if cfg.model.bits <= 0 or cfg.model.bits % 8:
-        raise ConfigError(f"model.bits must be a positive multiple of 8 (e.g. 16, 32, 48, 64, 128), got {cfg.model.bits}")
+    if cfg.data.protocol == "auto":
+        cfg.data.protocol = NATURAL_PROTOCOLS.get(cfg.data.dataset, "stratified")
+    if cfg.model.bits < MIN_BITS:
+        raise ConfigError(f"model.bits must be at least {MIN_BITS} (e.g. 12, 16, 24, 32, 48, 64, 128), got {cfg.model.bits}")
     if cfg.data.image_size < 16:
         raise ConfigError(f"data.image_size must be at least 16 pixels, got {cfg.data.image_size}")
     for name, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)):

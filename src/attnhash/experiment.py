@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from attnhash.atomic import atomic_write_text
-from attnhash.config import RunConfig, build_config, load_yaml
+from attnhash.config import RunConfig, build_config, config_from_dict, load_yaml
 from attnhash.errors import ConfigError
 from attnhash.evaluation.run import evaluate_run
 from attnhash.runs import RunFolder
@@ -124,7 +124,7 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         run_dir = grid.runs_dir / run.name
         # an earlier training's metrics must never be read as those of the weights being trained now
         RunFolder(run_dir).forget_metrics()
-        train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"))
+        train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
         _, result = evaluate_run(run_dir, progress=progress, plots=False)
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
         _write_results(grid, finished_results(grid, extra_overrides))
@@ -154,10 +154,21 @@ def _finished_result(grid: Grid, run: GridRun, config: dict, recorded: dict[str,
     retrain."""
     folder = RunFolder(grid.runs_dir / run.name)
     metrics = folder.load_metrics()
-    if metrics is not None and folder.saved_config() == config:
+    if metrics is not None and _as_current(folder.saved_config()) == config:
         return metrics
     record = recorded.get(run.name)
-    return record if record is not None and record.get("config") == config else None
+    return record if record is not None and _as_current(record.get("config")) == config else None
+
+
+def _as_current(saved: dict | None) -> dict | None:
+    """A recorded config as this version writes it: keys added since take their defaults, which keep the
+    behaviour of the version that made the record (a record stays valid until a setting it used changes)."""
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return _config_dict(config_from_dict(saved))
+    except ConfigError:
+        return None
 
 
 def _config_dict(cfg: RunConfig) -> dict:

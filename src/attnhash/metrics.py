@@ -140,7 +140,7 @@ def evaluate_retrieval(
     d = as_packed(db_codes, bits)
     if q.shape[1] != d.shape[1]:
         raise ValueError(f"query codes have {q.shape[1] * 8} bits but database codes have {d.shape[1] * 8}")
-    bits = q.shape[1] * 8
+    bits = q.shape[1] * 8 if bits is None else bits
     ql_raw, dl_raw = np.asarray(query_labels), np.asarray(db_labels)
     if ql_raw.ndim == 1 and dl_raw.ndim == 1:
         num_classes = int(max(ql_raw.max(initial=0), dl_raw.max(initial=0))) + 1

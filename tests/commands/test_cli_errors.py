@@ -73,5 +73,5 @@ def test_truncated_checkpoint(images, run16, tmp_path):
 
 
 def test_bad_config_values():
-    one_line_error(attnhash("train", "--method", "dpsh", "--bits", 12, "--print-config"), "multiple of 8")
+    one_line_error(attnhash("train", "--method", "dpsh", "--bits", 3, "--print-config"), "model.bits must be at least 4")
     one_line_error(attnhash("train", "--method", "nosuch", "--print-config"), "unknown method 'nosuch'")

@@ -133,7 +133,10 @@ def test_list_file_errors_name_file_and_line(list_tree):
         "length.txt": ("img/a.png 1 0 0 1\nimg/b.png 0 1 0 0\n\nimg/d.png 1 0 1\n",
                        r"length\.txt:4: label vector has 3 values, expected 4 \(line 1\)"),
         "values.txt": ("img/a.png 1 0\nimg/b.png 0 2\n", r"values\.txt:2: label values must be 0 or 1, got '2'"),
-        "nolabel.txt": ("img/a.png\n", r"nolabel\.txt:1: expected '<image path> <labels>'"),
+        "nolabel.txt": ("img/a.png 1 0\nimg/b.png\n", r"nolabel\.txt:2: expected '<image path> <labels>'"),
+        "nopath.txt": ("img/zz.png\n", r"nopath\.txt:1: image not found: .*img/zz\.png"),
+        "twice.txt": ("img/a.png 1 0\nimg/b.png 0 1\n./img/a.png 0 1\n", r"twice\.txt:3: \./img/a\.png is listed again "
+                      r"with other labels \(first on line 1\)"),
         "empty.txt": ("# nothing\n\n", r"empty\.txt: list file has no items"),
         "negid.txt": ("img/a.png -1\n", r"negid\.txt:1: class id must be a non-negative integer"),
     }

@@ -16,6 +16,7 @@ from attnhash.data import (
     load_or_create_split,
     make_split,
     read_hashnet_lists,
+    save_split,
 )
 from attnhash.data import protocols as protocols_mod
 from attnhash.errors import DataError
@@ -163,7 +164,7 @@ def test_imagenet100_from_groups(tmp_path):
 
 
 def test_protocol_registry():
-    assert set(PROTOCOLS) == {"cifar10", "cifar10-1", "nuswide21", "imagenet100", "fmnist"}
+    assert set(PROTOCOLS) == {"cifar10", "cifar10-1", "nuswide21", "imagenet100", "fmnist", "stratified"}
     assert PROTOCOLS.get("nuswide21").topk == 5000 and PROTOCOLS.get("imagenet100").topk == 1000
     assert PROTOCOLS.get("cifar10").topk is None
 
@@ -173,10 +174,12 @@ def test_protocol_registry():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_split_file_written_once_beside_the_data_and_reused(tmp_path, monkeypatch):
-    src = single_label([610, 620], root=str(tmp_path))
+def test_split_file_written_once_in_the_cache_never_in_the_data_folder_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    src = single_label([610, 620], root=str(tmp_path / "data"))
     split, path = load_or_create_split(src, "cifar10", seed=2)
-    assert path == str(tmp_path / "attnhash-split-cifar10-seed2.json")
+    assert os.path.dirname(path) == str(tmp_path / "cache" / "splits") and path.endswith("-cifar10-seed2.json")
     doc = json.loads(open(path).read())
     assert doc["protocol"] == "cifar10" and doc["seed"] == 2 and doc["num_items"] == 1230
     assert doc["fingerprint"] == src.fingerprint() and doc["topk"] is None and doc["classes"] is None
@@ -192,8 +195,9 @@ def test_split_file_written_once_beside_the_data_and_reused(tmp_path, monkeypatc
     for key in ("query", "train", "database"):
         np.testing.assert_array_equal(getattr(again, key), getattr(split, key))
     # an equal source opened again (same fingerprint) reuses it too
-    load_or_create_split(single_label([610, 620], root=str(tmp_path)), "cifar10", seed=2)
-    assert sorted(os.listdir(tmp_path)) == ["attnhash-split-cifar10-seed2.json"]  # no temp files left
+    load_or_create_split(single_label([610, 620], root=str(tmp_path / "data")), "cifar10", seed=2)
+    assert os.listdir(tmp_path / "data") == []  # the user's folder is never written
+    assert os.listdir(tmp_path / "cache" / "splits") == [os.path.basename(path)]  # no temp files left
     umask = os.umask(0o022)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable by the team, not 0600
@@ -211,8 +215,8 @@ def test_split_file_keeps_classes_and_topk(tmp_path):
 def test_split_file_mismatch_is_detected(tmp_path):
     src = single_label([610, 620], root=str(tmp_path))
     _, path = load_or_create_split(src, "cifar10")
-    bigger = single_label([610, 621], root=str(tmp_path))
-    with pytest.raises(DataError, match=r"attnhash-split-cifar10-seed0\.json: split file was made for 1230 items, "
+    bigger = single_label([610, 621], root=str(tmp_path))  # the same place, data that changed
+    with pytest.raises(DataError, match=r"toy-[0-9a-f]{12}-cifar10-seed0\.json: split file was made for 1230 items, "
                                         r"the data \(toy\) has 1231; delete it to regenerate or pass another split path"):
         load_or_create_split(bigger, "cifar10")
     relabelled = single_label([620, 610], root=str(tmp_path))  # same size, other labels
@@ -254,7 +258,7 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(protocols_mod.os, "replace", failing_replace)
     monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(DataError, match="cannot write the split file anywhere .*No space left on device"):
+    with pytest.raises(DataError, match="cannot write the split file .*No space left on device"):
         load_or_create_split(src, "cifar10")
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
     assert leftovers == []
@@ -275,11 +279,64 @@ def test_cache_location_when_no_root_or_not_writable(tmp_path, monkeypatch):
         assert not [f for f in files if f.endswith(".tmp")]
 
 
-def test_system_package_folders_are_not_written(tmp_path, monkeypatch):
+def test_split_files_of_earlier_versions_beside_the_data_are_still_read(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(protocols_mod, "_SYSTEM_PREFIXES", (str(tmp_path / "usr") + os.sep,))
-    (tmp_path / "usr" / "share" / "data").mkdir(parents=True)
-    src = single_label([600, 600], root=str(tmp_path / "usr" / "share" / "data"))
-    _, path = load_or_create_split(src, "cifar10")
-    assert os.path.dirname(path) == str(tmp_path / "cache" / "splits")
-    assert os.listdir(tmp_path / "usr" / "share" / "data") == []
+    src = single_label([600, 600], root=str(tmp_path))
+    split = make_split(src, "cifar10", seed=0)
+    save_split(split, src, str(tmp_path / "attnhash-split-cifar10-seed0.json"))
+    again, path = load_or_create_split(src, "cifar10")
+    assert path == str(tmp_path / "attnhash-split-cifar10-seed0.json") and not (tmp_path / "cache").exists()
+    np.testing.assert_array_equal(again.query, split.query)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stratified: any data, from 2 images per class up
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_stratified_from_two_images_per_class():
+    src = single_label([2, 2, 2])
+    split = make_split(src, "stratified", seed=0)
+    assert split.sizes() == {"query": 3, "train": 3, "database": 3}
+    assert split.params == {"query": 0.1, "train": 0.5, "train_in_database": "yes"}  # "auto" resolved
+    np.testing.assert_array_equal(split.database, split.train)  # too small for 3 parts: cifar10-1 style
+    labels = src.labels.argmax(1)
+    assert sorted(labels[split.query]) == [0, 1, 2] and sorted(labels[split.train]) == [0, 1, 2]
+
+
+def test_stratified_fractions_and_counts_per_class():
+    src = single_label([100, 50, 30])
+    split = make_split(src, "stratified", seed=3)
+    labels = src.labels.argmax(1)
+    for part, expected in (("query", [10, 5, 3]), ("train", [50, 25, 15]), ("database", [40, 20, 12])):
+        assert np.bincount(labels[getattr(split, part)], minlength=3).tolist() == expected
+    assert not set(split.query) & set(split.train) and not set(split.train) & set(split.database)
+    counted = make_split(src, "stratified", seed=3, params={"query": 5, "train": 20})
+    assert counted.sizes() == {"query": 15, "train": 60, "database": 105}
+    with_train = make_split(src, "stratified", seed=3, params={"train_in_database": "yes"})
+    assert set(with_train.train) <= set(with_train.database) and len(with_train.database) == 180 - 18
+    again = make_split(src, "stratified", seed=3)
+    np.testing.assert_array_equal(again.train, split.train)  # seeded
+
+
+def test_stratified_refuses_only_what_cannot_be_split():
+    with pytest.raises(DataError, match=r"class 'class1' \(column 1\) has 1 image; the stratified split needs at "
+                                        r"least 2 per class .*add images to it or leave it out"):
+        make_split(single_label([5, 1]), "stratified")
+    with pytest.raises(DataError, match=r"class 'class0' \(column 0\) has 20 images, fewer than the 5 query \+ 20 "
+                                        r"train \+ 1 database asked for"):
+        make_split(single_label([20, 40]), "stratified", params={"query": 5, "train": 20})
+    with pytest.raises(DataError, match=r"data\.split_query must be a fraction in \(0, 1\) or a count >= 1"):
+        make_split(single_label([20, 40]), "stratified", params={"query": 0})
+    with pytest.raises(DataError, match="leave nothing for the database"):
+        make_split(single_label([20, 40]), "stratified", params={"query": 0.5, "train": 0.5,
+                                                                  "train_in_database": "no"})
+
+
+def test_stratified_on_unlabelled_data_is_one_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "cache"))
+    src = ArraySource(np.zeros((40, 4, 4), np.uint8), None, name="flat")
+    split, path = load_or_create_split(src, "stratified", params={"query": 0.1, "train": 0.5})
+    assert split.sizes() == {"query": 4, "train": 20, "database": 16}
+    with pytest.raises(DataError, match=r"split file has query=0\.1, asked for 0\.2"):
+        load_or_create_split(src, "stratified", path=path, params={"query": 0.2})

@@ -57,3 +57,22 @@ def test_method_contract(name, tiny_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     again = Encoder(second.path, device="cpu").encode_source(tiny_data.source, tiny_data.query, progress=False)
     np.testing.assert_array_equal(codes, again)
+
+
+@pytest.mark.parametrize("name", ["dpsh", "csq", "itq"])
+def test_twelve_bit_codes_end_to_end(name, tiny_data, tmp_path):
+    """The 12-bit column of the field's tables: codes packed in 2 bytes with zero padding, scored over radii
+    0..12, indexed and searched."""
+    from attnhash.evaluation.run import evaluate_run
+    from attnhash.retrieval import Retriever
+
+    cfg = build_config(name, overrides=[*SETTINGS, "model.bits=12"])
+    result = train(cfg, run_dir=tmp_path / "run", progress=False, log=lambda m: None, data=tiny_data)
+    metrics, summary = evaluate_run(result.run_dir, progress=False, plots=False)
+    assert summary["bits"] == 12 and len(metrics.pr_radius) == 13 and 0 <= summary["mAP"] <= 1
+    encoder = Encoder(result.run_dir, device="cpu")
+    retriever = Retriever.create(encoder)
+    retriever.add_source(tiny_data.source, tiny_data.database, progress=False)
+    assert retriever.index.bits == 12 and retriever.index.code_size == 2
+    hits = retriever.search_codes(retriever.index.reconstruct([0]), k=3)[0]
+    assert hits[0]["distance"] == 0 and all(0 <= h["distance"] <= 12 for h in hits)

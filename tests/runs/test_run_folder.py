@@ -54,10 +54,19 @@ def test_refuses_missing_corrupted_foreign_and_old_checkpoints(tmp_path):
 
 def test_log_codes_and_metrics(tmp_path):
     folder = RunFolder(tmp_path / "run").create()
-    folder.start_log()
+    folder.start_training(build_config("dpsh"))
+    assert folder.read_log() == [] and folder.load_config() == build_config("dpsh")
     folder.append_log({"epoch": 1, "loss": 0.5})
     folder.append_log({"epoch": 2, "loss": 0.25})
     assert [r["epoch"] for r in folder.read_log()] == [1, 2]
+    folder.write_log([{"epoch": 1, "loss": 0.5}])  # a resume drops the record of an epoch done again
+    assert [r["epoch"] for r in folder.read_log()] == [1]
+    assert folder.load_train_state() is None
+    folder.save_train_state({"epoch": 1, "weights": {"w": torch.ones(2)}, "groups": {0: [1, 2]}})
+    state = folder.load_train_state()
+    assert state["epoch"] == 1 and torch.equal(state["weights"]["w"], torch.ones(2)) and state["groups"] == {0: [1, 2]}
+    folder.finish_training()
+    assert folder.load_train_state() is None
     codes = SplitCodes(np.zeros((2, 2), np.uint8), np.ones((3, 2), np.uint8), np.eye(2, dtype=np.uint8),
                        np.eye(3, 2, dtype=np.uint8), bits=16, topk=None, fingerprint="abc",
                        extra={"encode_images_per_s": 12.5})

@@ -106,9 +106,10 @@ def test_bad_state_raises(name, fitted):
 def test_bad_inputs_raise(name, fitted, clusters):
     train = clusters[0]
     cls = HASHERS.get(name)
-    for bits in (0, -8, 12, 16.5, True):
+    for bits in (0, -8, 3, 16.5, True):
         with pytest.raises(ConfigError, match="bits"):
             cls(bits)
+    assert cls(12).encode(train).shape[1] == 12 if not cls.data_dependent else cls(12).fit(train).encode(train).shape[1] == 12
     fresh = cls(16)
     if cls.data_dependent:
         with pytest.raises(ConfigError, match="fit"):

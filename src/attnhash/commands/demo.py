@@ -51,7 +51,7 @@ def run(args) -> int:
     data = prepare_data(cfg.data)
     print(f"   split {data.split_path}: {len(data.query)} query / {len(data.train)} train / "
           f"{len(data.database)} database")
-    result = train(cfg, progress=progress, data=data)
+    result = train(cfg, progress=progress, data=data, force=True)  # the demo's run is made anew each time
 
     print("== encode query + database and evaluate")
     encoder = Encoder(result.run_dir)
@@ -67,7 +67,7 @@ def run(args) -> int:
     index.add(codes.db_codes, ids=codes.db_index, metadata=source_metadata(data.source, codes.db_index))
     index_path = Path(args.index_out or Path(result.run_dir) / "database.idx")
     retriever.save(str(index_path))
-    print(f"   {len(index)} codes x {encoder.bits // 8} bytes -> {index_path}")
+    print(f"   {len(index)} codes x {index.code_size} bytes -> {index_path}")
 
     print("== top-10 of a query image")
     if args.query:

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from attnhash.data.skipped import report_path
 from attnhash.errors import DataError
 
 
@@ -29,6 +30,8 @@ def register(sub) -> None:
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default="auto")
     b.add_argument("--force", action="store_true", help="overwrite an existing index file")
+    b.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
     b.set_defaults(func=run_build)
 
     a = isub.add_parser("add", help="encode more images and add them to an index file")
@@ -41,6 +44,8 @@ def register(sub) -> None:
     a.add_argument("--limit", type=int)
     a.add_argument("--batch-size", type=int, default=256)
     a.add_argument("--device", default="auto")
+    a.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
     a.set_defaults(func=run_add)
 
     r = isub.add_parser("remove", help="remove items by id")
@@ -66,6 +71,7 @@ def _open_source(args):
 
 def run_build(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
+    from attnhash.data import Skipped
     from attnhash.inference import Encoder
     from attnhash.retrieval import Retriever
 
@@ -78,15 +84,26 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         source, indices = _open_source(args)
         retriever = Retriever.create(encoder, backend=args.backend, source=source)
-        retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
+        skipped = None if args.strict else Skipped()
+        retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                             skipped=skipped)
+        _report_skipped(skipped, args.out)
     retriever.save(args.out)
     index = retriever.index
     print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
     return 0
 
 
+def _report_skipped(skipped, output: str) -> None:
+    """Write the list of unreadable images beside `output` and say so (one line)."""
+    if skipped:
+        report = skipped.write(report_path(output))
+        print(skipped.summary(report), file=sys.stderr)
+
+
 def run_add(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
+    from attnhash.data import Skipped
     from attnhash.retrieval import Retriever
 
     retriever = Retriever.open(args.index, args.run, device=args.device, load_model=not args.codes)
@@ -94,7 +111,10 @@ def run_add(args: argparse.Namespace) -> int:
         new = retriever.add_codes(CodeSet.load(args.codes), args.codes)
     else:
         source, indices = _open_source(args)
-        new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
+        skipped = None if args.strict else Skipped()
+        new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                                   skipped=skipped)
+        _report_skipped(skipped, args.index)
     retriever.save(args.index)
     index = retriever.index
     span = f" (ids {new[0]}..{new[-1]})" if len(new) else ""

@@ -25,6 +25,7 @@ from .images import decode_image_bytes, open_image, to_rgb_array
 from .loader import ImageDataset, augment_batch, resize_batch, resize_batch_chw, resize_image
 from .prepared import RunData, prepare_data
 from .protocols import PROTOCOLS, Protocol, Split, load_or_create_split, load_split, make_split, save_split
+from .skipped import Skipped, report_path
 from .sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
@@ -34,5 +35,5 @@ __all__ = [
     "from_arrays", "read_npz", "read_hashnet_lists", "open_dataset",
     "Split", "Protocol", "PROTOCOLS", "make_split", "load_or_create_split", "load_split", "save_split",
     "ImageDataset", "augment_batch", "resize_image", "resize_batch", "resize_batch_chw",
-    "RunData", "prepare_data",
+    "RunData", "prepare_data", "Skipped", "report_path",
 ]

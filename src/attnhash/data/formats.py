@@ -68,7 +68,7 @@ class _ParsedList:
         self.paths = paths
         self.labels = labels
         self.lines = lines
-        self.form = form  # "vector" or "id"
+        self.form = form  # "vector", "id" or "none" (paths only: unlabelled)
 
 
 class _ExistingFiles:
@@ -115,7 +115,8 @@ def _bad_vector(list_path: str, lineno: int, lab: list[str], width: int, width_f
 
 
 def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedList:
-    """Parse and check a list file: `path 0 1 0 ...` (0/1 vector) or `path class_id`, one item per line."""
+    """Parse and check a list file: `path 0 1 0 ...` (0/1 vector), `path class_id`, or a bare `path`
+    (unlabelled), one item per line, the same form on every line."""
     try:
         with open(list_path, encoding="utf-8-sig") as f:
             text = f.read()
@@ -141,12 +142,24 @@ def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedLi
         if not line or line[0] == "#":
             continue
         tokens = line.split()
-        if len(tokens) < 2:
-            raise DataError(f"{list_path}:{lineno}: expected '<image path> <labels>', got {_short(line)!r}")
-        rel, lab = tokens[0], tokens[1:]
-        if not exists(os.path.join(root, rel)):
-            rel, lab = _path_with_spaces(list_path, lineno, line, tokens, root, exists)
-        if form is None:
+        if form in (None, "none") and exists(os.path.join(root, line)):
+            rel, lab = line, []  # the whole line is a file: an unlabelled item (its name may hold spaces)
+        elif len(tokens) < 2:
+            if form in (None, "none"):
+                raise DataError(f"{list_path}:{lineno}: image not found: {os.path.join(root, line)}")
+            raise DataError(f"{list_path}:{lineno}: expected '<image path> <labels>', got {_short(line)!r} "
+                            "(no labels, unlike the first item)")
+        else:
+            rel, lab = tokens[0], tokens[1:]
+            if not exists(os.path.join(root, rel)):
+                rel, lab = _path_with_spaces(list_path, lineno, line, tokens, root, exists)
+        if form is None and not lab:
+            form = "none"
+        elif form == "none":
+            if lab:
+                raise DataError(f"{list_path}:{lineno}: labels on this line, but the first item has none "
+                                "(label every line, or none)")
+        elif form is None:
             # One label token per line means `path class_id`; a one-column 0/1 vector is only meant when asked.
             form = "id" if len(lab) == 1 and num_classes != 1 else "vector"
             if form == "vector":
@@ -174,6 +187,8 @@ def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedLi
     if not paths:
         raise DataError(f"{list_path}: list file has no items")
     n = len(paths)
+    if form == "none":
+        return _ParsedList(list_path, *_unique(list_path, paths, np.zeros((n, 0), np.uint8), lines), form)
     if form == "id":
         c = num_classes if num_classes is not None else max(ids) + 1
         labels = np.zeros((n, c), dtype=np.uint8)
@@ -181,21 +196,39 @@ def _parse_list(list_path: str, root: str, num_classes: int | None) -> _ParsedLi
     else:
         flat = np.frombuffer("".join(chunks).encode("ascii"), dtype=np.uint8) - ord("0")
         labels = flat.reshape(n, width).astype(np.uint8)
-    return _ParsedList(list_path, paths, labels, lines, form or "vector")
+    return _ParsedList(list_path, *_unique(list_path, paths, labels, lines), form or "vector")
+
+
+def _unique(list_path: str, paths: list[str], labels: np.ndarray, lines: list[int]):
+    """One item per path: a repeated line is dropped, the same path with other labels is an error."""
+    first: dict[str, int] = {}
+    keep = []
+    for k, rel in enumerate(paths):
+        key = os.path.normpath(rel)
+        j = first.setdefault(key, k)
+        if j == k:
+            keep.append(k)
+        elif not np.array_equal(labels[j], labels[k]):
+            raise DataError(f"{list_path}:{lines[k]}: {rel} is listed again with other labels (first on line "
+                            f"{lines[j]}); an image has one set of labels")
+    if len(keep) == len(paths):
+        return paths, labels, lines
+    return [paths[k] for k in keep], labels[keep], [lines[k] for k in keep]
 
 
 def read_list_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
                    num_classes: int | None = None) -> FileSource:
-    """Read a list file (`relative/path.jpg 0 1 0 ...` or `path class_id` per line) into a FileSource.
+    """Read a list file (`relative/path.jpg 0 1 0 ...`, `path class_id`, or a bare `path` for unlabelled images,
+    per line) into a FileSource.
 
     Paths are relative to ``root`` (default: the list file's folder). Every file must exist, every label
     vector must have the same length (``num_classes`` when given) and hold only 0/1; blank lines and `#`
-    comments are skipped.
+    comments are skipped; a path listed twice is one item (with other labels the second time, an error).
     """
     path = os.fspath(path)
     root = os.path.abspath(os.fspath(root)) if root is not None else os.path.dirname(os.path.abspath(path))
     parsed = _parse_list(path, root, num_classes)
-    return FileSource(parsed.paths, parsed.labels, root=root, name=path)
+    return FileSource(parsed.paths, parsed.labels if parsed.form != "none" else None, root=root, name=path)
 
 
 def read_hashnet_lists(folder: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -250,14 +283,23 @@ def read_hashnet_lists(folder: str | os.PathLike, root: str | os.PathLike | None
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
 def read_image_folder(root: str | os.PathLike) -> FileSource:
-    """One sub-folder per class (sorted names give the class ids), images found recursively by extension."""
+    """One sub-folder per class (sorted names give the class ids), images found recursively by extension; or,
+    when the folder holds images and no sub-folders of images, a flat folder of unlabelled images."""
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise DataError(f"{root}: image folder not found")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class sub-folders (expected one folder of images per class)")
+        files = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name))
+        if not files:
+            raise DataError(f"{root}: no images and no class sub-folders (extensions: "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return FileSource(files, None, root=root, name=root)
     paths: list[str] = []
     ids: list[int] = []
     for cid, cls in enumerate(classes):
@@ -271,7 +313,7 @@ def read_image_folder(root: str | os.PathLike) -> FileSource:
             seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
-                if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS and not fn.startswith("."):
+                if _is_image_name(fn):
                     paths.append(os.path.relpath(os.path.join(dirpath, fn), root))
                     ids.append(cid)
                     count += 1

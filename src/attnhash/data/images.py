@@ -1,7 +1,12 @@
-"""The one way attnhash turns an image file, upload or object into pixels: H x W x 3 uint8 RGB.
+"""The one way attnhash turns an image file, upload or object into pixels: H x W x 3 uint8 RGB, as a person
+sees the image.
 
 Training, encoding, the index, the service and `explain` all decode through here, so a query image is read
-exactly as the database images were.
+exactly as the database images were:
+- the EXIF orientation is applied (a phone photo stored sideways is coded upright, as every viewer shows it);
+- every Pillow mode becomes 8-bit RGB by its meaning, not by truncation: 16-bit and 32-bit integer images are
+  scaled from their range (a 16-bit PNG is not clipped to white), float images from [0, 1], and images with
+  transparency (LA, RGBA, PA, P with a transparent colour) are composited over white, as a viewer shows them.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -25,8 +30,40 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Pixel values of a 16/32-bit integer or float image -> uint8: I;16 from 0..65535, I (32-bit, whose
+    range the mode does not say) from 0..255 or else 0..65535 as its values show, F from [0, 1]."""
+    values = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        values = values / 257.0
+    elif mode == "F":
+        hi = float(np.nanmax(values)) if values.size else 0.0
+        if hi <= 1.0:  # the usual float convention
+            values = values * 255.0
+        elif hi > 255.0:  # some other range: stretch what is there
+            lo = float(np.nanmin(values))
+            values = (values - lo) * (255.0 / max(hi - lo, 1e-12))
+    else:
+        hi = float(values.max()) if values.size else 0.0
+        if hi > 255.0:
+            # 16-bit data (the usual case for I;16 and 16-bit PNGs read as I): 65535 -> 255
+            values = values / 257.0 if hi <= 65535.0 else (values - values.min()) * (255.0 / (hi - values.min()))
+    return np.clip(np.nan_to_num(values) + 0.5, 0, 255).astype(np.uint8)
+
+
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """A decoded Pillow image -> H x W x 3 uint8 RGB."""
+    """A decoded Pillow image -> H x W x 3 uint8 RGB, upright and converted by its meaning (module docstring)."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        grey = _to_8bit(np.asarray(img), mode)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info or mode == "PA":
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("LA", "RGBA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 

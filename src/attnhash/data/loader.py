@@ -164,10 +164,12 @@ class ImageDataset(Dataset):
 
     ``index`` is the position within ``indices`` (0..len-1), so methods can address per-sample memory
     banks. ``label_columns`` keeps only those label columns (e.g. a split's ``classes``).
+    ``skip_unreadable``: an image that cannot be decoded does not raise; the item gets a black image and
+    "error" (the one-line reason, "" for readable items), which the consumer uses to leave it out.
     """
 
     def __init__(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None, image_size: int,
-                 label_columns: Sequence[int] | np.ndarray | None = None) -> None:
+                 label_columns: Sequence[int] | np.ndarray | None = None, skip_unreadable: bool = False) -> None:
         self.source = source
         idx = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1:
@@ -185,6 +187,7 @@ class ImageDataset(Dataset):
                 raise DataError(f"{source.name}: label columns outside 0..{source.num_classes - 1}")
             labels = labels[:, cols]
         self.labels = torch.from_numpy(labels.astype(np.float32))
+        self.skip_unreadable = skip_unreadable
         # In-memory grey images are resized before expanding to RGB: 3x less work on Fashion-MNIST.
         self._arrays = source if isinstance(source, ArraySource) else None
 
@@ -197,39 +200,62 @@ class ImageDataset(Dataset):
             raise IndexError(f"index {i} out of range for {n} items")
         return int(i) % n
 
-    def _images(self, positions: list[int], contiguous: bool) -> torch.Tensor:
-        """uint8 (B, 3, S, S) for the given positions; one batched resize for in-memory images."""
+    def _decode(self, p: int) -> tuple[np.ndarray, str]:
+        """(resized image, "") or, when skipping, (a black image, the reason it cannot be read)."""
+        try:
+            return resize_image(self.source.image(int(self.indices[p])), self.image_size), ""
+        except DataError as err:
+            if not self.skip_unreadable:
+                raise
+            return np.zeros((self.image_size, self.image_size, 3), np.uint8), str(err)
+
+    def _images(self, positions: list[int], contiguous: bool) -> tuple[torch.Tensor, list[str]]:
+        """uint8 (B, 3, S, S) for the given positions, and per item "" or why it could not be read; one
+        batched resize for in-memory images."""
         s = self.image_size
         if self._arrays is not None:
+            ok = [""] * len(positions)
             out = resize_batch_chw(self._arrays.images[self.indices[positions]], s)
             if out.shape[1] == 3:
-                return out
+                return out, ok
             # Grey, resized once. Without ``contiguous`` return an expanded view (collate's stack copies it
             # anyway); else copy with numpy, whose single-threaded copy beats torch's on a busy machine.
             if not contiguous:
-                return out.expand(-1, 3, s, s)
-            return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(out.numpy(), (out.shape[0], 3, s, s))))
-        imgs = [resize_image(self.source.image(int(self.indices[p])), s) for p in positions]
-        return torch.from_numpy(np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)))
+                return out.expand(-1, 3, s, s), ok
+            return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(out.numpy(), (out.shape[0], 3, s, s)))), ok
+        decoded = [self._decode(p) for p in positions]
+        imgs = np.stack([img for img, _ in decoded])
+        return torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))), [e for _, e in decoded]
+
+    def _item(self, image: torch.Tensor, p: int, error: str, label: torch.Tensor) -> dict:
+        item = {"image": image, "label": label, "index": p}
+        if self.skip_unreadable:
+            item["error"] = error
+        return item
 
     def __getitem__(self, i: int) -> dict:
         p = self._position(i)
-        return {"image": self._images([p], True)[0], "label": self.labels[p].clone(), "index": p}
+        images, errors = self._images([p], True)
+        return self._item(images[0], p, errors[0], self.labels[p].clone())
 
     def get_batch(self, indices: Sequence[int]) -> dict:
         """The collated batch of these positions without a DataLoader: {"image": uint8 (B,3,S,S),
-        "label": float32 (B,C), "index": int64 (B,)}, equal to default_collate of the items."""
+        "label": float32 (B,C), "index": int64 (B,)} (+ "error", a list, when skipping), equal to
+        default_collate of the items."""
         positions = [self._position(i) for i in indices]
-        return {"image": self._images(positions, True), "label": self.labels[positions],
-                "index": torch.tensor(positions, dtype=torch.int64)}
+        images, errors = self._images(positions, True)
+        batch = {"image": images, "label": self.labels[positions], "index": torch.tensor(positions, dtype=torch.int64)}
+        if self.skip_unreadable:
+            batch["error"] = errors
+        return batch
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """Batched fetch used by torch's DataLoader: the same items as __getitem__, resized in one go."""
         positions = [self._position(i) for i in indices]
+        images, errors = self._images(positions, False)
         # unbind makes all per-item views in one call; indexing item by item costs more than the resize.
-        images = self._images(positions, False).unbind(0)
         labels = self.labels[positions].unbind(0)
-        return [{"image": img, "label": lab, "index": p} for img, lab, p in zip(images, labels, positions)]
+        return [self._item(img, p, e, lab) for img, lab, p, e in zip(images.unbind(0), labels, positions, errors)]
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -53,7 +53,8 @@ def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 def prepare_data(cfg: DataConfig) -> RunData:
     source = open_dataset(cfg.dataset, cfg.root)
-    split, split_path = load_or_create_split(source, cfg.protocol, cfg.split_seed, cfg.split_file)
+    params = {"query": cfg.split_query, "train": cfg.split_train, "train_in_database": cfg.train_in_database}
+    split, split_path = load_or_create_split(source, cfg.protocol, cfg.split_seed, cfg.split_file, params)
     labels = np.asarray(source.labels)
     if split.classes is not None:
         labels = labels[:, np.asarray(split.classes)]

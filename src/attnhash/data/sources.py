@@ -23,8 +23,12 @@ __all__ = [
     "normalize_labels",
 ]
 
-def normalize_labels(labels: np.ndarray | Sequence, n: int, what: str, num_classes: int | None = None) -> np.ndarray:
-    """Turn class ids (N,) or a 0/1 matrix (N, C) into an (N, C) uint8 multi-hot matrix, checking values."""
+def normalize_labels(labels: np.ndarray | Sequence | None, n: int, what: str,
+                     num_classes: int | None = None) -> np.ndarray:
+    """Turn class ids (N,) or a 0/1 matrix (N, C) into an (N, C) uint8 multi-hot matrix, checking values.
+    None means unlabelled data: an (N, 0) matrix."""
+    if labels is None:
+        return np.zeros((n, 0), dtype=np.uint8)
     arr = np.asarray(labels)
     if arr.ndim == 1:
         if arr.shape[0] != n:
@@ -107,6 +111,12 @@ class ImageSource:
     @property
     def num_classes(self) -> int:
         return int(self.labels.shape[1])
+
+    @property
+    def labelled(self) -> bool:
+        """False for a collection without labels (a flat folder, a list of paths): it can be encoded, indexed
+        and searched, and unsupervised and shallow methods train on it; it cannot be scored."""
+        return self.num_classes > 0
 
     def _check_index(self, i: int) -> int:
         i = operator.index(i)
@@ -202,12 +212,13 @@ class ArraySource(ImageSource):
 
 
 class FileSource(ImageSource):
-    """Image files (absolute paths, or paths relative to ``root``) with labels; decoded lazily with Pillow."""
+    """Image files (absolute paths, or paths relative to ``root``) with labels (None: unlabelled); decoded
+    lazily through attnhash.data.images."""
 
     def __init__(
         self,
         paths: Sequence[str],
-        labels: np.ndarray | Sequence,
+        labels: np.ndarray | Sequence | None,
         root: str | None = None,
         name: str | None = None,
         class_names: Sequence[str] | None = None,

@@ -6,13 +6,15 @@ re-scoring with another R does not encode 60,000 images again.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from attnhash.codefile import SplitCodes
-from attnhash.data import RunData, prepare_data
+from attnhash.data import RunData, Skipped, prepare_data
+from attnhash.errors import DataError
 from attnhash.evaluation.plots import plot_run
 from attnhash.inference import Encoder
 from attnhash.metrics import RetrievalMetrics, evaluate_retrieval
@@ -28,15 +30,25 @@ def encode_split(run_dir: str | Path, encoder: Encoder | None = None, data: RunD
     if cached is not None:
         return cached
     data = data or prepare_data(encoder.config.data)
+    if not data.source.labelled:
+        raise DataError(f"{data.source.name}: the data has no labels, so a run on it cannot be scored (relevance is "
+                        "a shared label); encode, index and search it instead")
+    skipped = None if encoder.config.data.strict else Skipped()
     t0 = time.time()
-    query = encoder.encode_source(data.source, data.query, progress=progress, use_stage_cache=True)
-    database = encoder.encode_source(data.source, data.database, progress=progress, use_stage_cache=True)
+    query = encoder.encode_source(data.source, data.query, progress=progress, use_stage_cache=True, skipped=skipped)
+    database = encoder.encode_source(data.source, data.database, progress=progress, use_stage_cache=True,
+                                     skipped=skipped)
     seconds = time.time() - t0
+    q_index, db_index = np.asarray(data.query), np.asarray(data.database)
+    if skipped:
+        bad = np.fromiter(skipped.indices(), dtype=np.int64)
+        q_index, db_index = q_index[~np.isin(q_index, bad)], db_index[~np.isin(db_index, bad)]
+        print(skipped.summary(run.write_skipped(skipped, "skipped_evaluation.tsv")), file=sys.stderr)
     codes = SplitCodes(
         query_codes=query, db_codes=database,
-        query_labels=data.labels[data.query], db_labels=data.labels[data.database],
+        query_labels=data.labels[q_index], db_labels=data.labels[db_index],
         bits=encoder.bits, topk=data.topk, fingerprint=encoder.fingerprint,
-        query_index=np.asarray(data.query), db_index=np.asarray(data.database),
+        query_index=q_index, db_index=db_index,
         extra={"encode_images_per_s": (len(data.query) + len(data.database)) / max(seconds, 1e-9)},
     )
     run.save_codes(codes)

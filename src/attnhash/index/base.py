@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from attnhash.codes import as_packed, check_bits
+from attnhash.codes import as_packed, check_bits, code_bytes
 from attnhash.errors import IndexFileError
 
 __all__ = ["Index", "LocalIndex", "RangeResult", "PAD"]
@@ -40,7 +40,7 @@ class Index(ABC):
 
     def __init__(self, bits: int, fingerprint: str | None = None, info: dict[str, Any] | None = None) -> None:
         self._bits = check_bits(bits)
-        self._code_size = self._bits // 8
+        self._code_size = code_bytes(self._bits)
         self._fingerprint = fingerprint or None
         self.info: dict[str, Any] = dict(info or {})  # index-level facts: class_names, run_dir, source, ...
         self.path: str | None = None  # the file it was loaded from or last saved to
@@ -266,8 +266,7 @@ class MetadataStore:
     def append(self, metas: Sequence[dict[str, Any] | None] | None, m: int) -> None:
         if metas is not None and len(metas) != m:
             raise ValueError(f"got {len(metas)} metadata entries for {m} codes")
-        blobs = [b"" if not md else json.dumps(md, separators=(",", ":"), ensure_ascii=False).encode()
-                 for md in (metas or ())]
+        blobs = [b"" if not md else _json_bytes(md) for md in (metas or ())]
         if self._offsets is None:
             if not any(blobs):
                 self._n += m
@@ -322,6 +321,15 @@ class MetadataStore:
         if self._extra:
             segs.append(memoryview(self._extra))
         return segs
+
+
+def _json_bytes(md: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of one item's metadata. A file name with bytes that are not UTF-8 (held by Python as
+    lone surrogates) is written with JSON escapes, which read back to the same name."""
+    try:
+        return json.dumps(md, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(md, separators=(",", ":")).encode()
 
 
 class IdMap:

@@ -63,9 +63,9 @@ class FaissIndex(LocalIndex):
 
     def __init__(self, bits: int, fingerprint: str | None = None, info: dict[str, Any] | None = None) -> None:
         super().__init__(bits, fingerprint, info)
-        self._flat = faiss.IndexBinaryFlat(self.bits)
+        self._flat = faiss.IndexBinaryFlat(self.code_size * 8)
         self._hash: Any = None  # IndexBinaryMultiHash / IndexBinaryHash, built on first radius search
-        self._kind, self._nhash, self._b = hash_layout(self.bits)
+        self._kind, self._nhash, self._b = hash_layout(self.code_size * 8)
         self._hash_n = 0  # size when the tables were built: they are re-laid out after 4x growth
         self._hash_lock = threading.Lock()  # concurrent radius queries may race to build the tables
 
@@ -90,7 +90,7 @@ class FaissIndex(LocalIndex):
         """Forget the hash tables; a multi-hash index owns the code storage, so move the codes out first."""
         if self._hash is not None and self._kind == "multihash":
             codes = self._codes_view()
-            flat = faiss.IndexBinaryFlat(self.bits)
+            flat = faiss.IndexBinaryFlat(self.code_size * 8)
             flat.add(np.ascontiguousarray(codes if keep is None else codes[keep]))
             self._flat = flat
         self._hash = None
@@ -126,7 +126,7 @@ class FaissIndex(LocalIndex):
         n = self._flat.ntotal
         if n < _MIN_HASH_N:
             return "flat"
-        kind, nhash, b = (self._kind, self._nhash, self._b) if self._hash is not None else hash_layout(self.bits, n)
+        kind, nhash, b = (self._kind, self._nhash, self._b) if self._hash is not None else hash_layout(self.code_size * 8, n)
         nflip = radius // nhash if kind == "multihash" else radius
         flat_ns = n * self.code_size * _NS_PER_FLAT_BYTE
         return "hash" if _hash_cost_ns(n, nhash, b, nflip) < 0.5 * flat_ns else "flat"
@@ -139,16 +139,16 @@ class FaissIndex(LocalIndex):
 
     def _build_hash(self) -> None:
         n = self._flat.ntotal
-        self._kind, self._nhash, self._b = hash_layout(self.bits, n)
+        self._kind, self._nhash, self._b = hash_layout(self.code_size * 8, n)
         codes = self._codes_view()
         if self._kind == "multihash":
-            mh = faiss.IndexBinaryMultiHash(self.bits, self._nhash, self._b)
+            mh = faiss.IndexBinaryMultiHash(self.code_size * 8, self._nhash, self._b)
             mh.add(codes)
             # share one copy of the codes: the multi-hash index's own storage becomes the flat index
             self._hash = mh
             self._flat = faiss.downcast_IndexBinary(mh.storage)
         else:
-            h = faiss.IndexBinaryHash(self.bits, self._b)
+            h = faiss.IndexBinaryHash(self.code_size * 8, self._b)
             h.add(codes)
             self._hash = h
         self._hash_n = n

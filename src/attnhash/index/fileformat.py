@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from attnhash.atomic import atomic_open
+from attnhash.codes import MIN_BITS, code_bytes
 from attnhash.errors import IndexFileError
 
 __all__ = ["MAGIC", "VERSION", "IndexData", "write_index_file", "read_index_file", "read_header", "verify_file"]
@@ -104,7 +105,7 @@ def write_index_file(
     """Write an index file atomically (see the module docstring)."""
     path = os.fspath(path)
     count = len(ids)
-    code_size = bits // 8
+    code_size = code_bytes(bits)
     if codes.shape != (count, code_size):
         raise ValueError(f"codes shape {codes.shape} does not match {count} ids of {bits} bits")
     fp = (fingerprint or "").encode("ascii")
@@ -177,7 +178,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     _, version, hsize, bits, code_size, count, next_id, fplen, fp = vals[:9]
     if version != VERSION:
         raise IndexFileError(f"index file {path} has format version {version}; this attnhash reads version {VERSION}")
-    if hsize != HEADER_SIZE or bits <= 0 or bits % 8 or code_size != bits // 8 or fplen > _FP_MAX:
+    if hsize != HEADER_SIZE or bits < MIN_BITS or code_size != code_bytes(max(bits, MIN_BITS)) or fplen > _FP_MAX:
         raise IndexFileError(f"index file {path} is corrupted: inconsistent header")
     sections = {}
     rest = vals[9:]
@@ -240,7 +241,7 @@ def read_index_file(path: str | os.PathLike, mmap: bool = True, verify: bool = T
         info = json.loads(section("info").tobytes() or b"{}")
     except ValueError:
         raise IndexFileError(f"index file {path} is corrupted: unreadable info section") from None
-    count, code_size = head["count"], head["bits"] // 8
+    count, code_size = head["count"], code_bytes(head["bits"])
     codes = section("codes").reshape(count, code_size)
     ids = section("ids").view("<i8")
     meta_offsets = section("meta_offsets").view("<u8") if secs["meta_offsets"][1] else None

@@ -87,7 +87,7 @@ class MilvusIndex(Index):
                                        description=f"attnhash {self.bits}-bit codes")
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("seq", DataType.INT64)
-        schema.add_field("code", DataType.BINARY_VECTOR, dim=self.bits)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=self.code_size * 8)  # whole bytes: padded codes
         schema.add_field("meta", DataType.VARCHAR, max_length=65535)
         params = self._c.prepare_index_params()
         params.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")

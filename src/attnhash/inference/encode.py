@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attnhash.codes import sign
-from attnhash.data import ImageDataset
+from attnhash.data import ImageDataset, Skipped
 from attnhash.inference.stagecache import stage_outputs
 
 
@@ -35,19 +35,35 @@ def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, am
 
 def encode_indices(model, source, indices, image_size: int, device: torch.device, batch_size: int = 256,
                    progress: bool = False, amp: bool = False, desc: str = "encode",
-                   cached_stages: int = 0) -> np.ndarray:
+                   cached_stages: int = 0, skipped: Skipped | None = None) -> np.ndarray:
     """{-1,+1} codes of source items `indices` through `model`.
 
     cached_stages > 0: take the output of the model's first frozen stages from the disk stage cache
     (attnhash.inference.stagecache) and run only the rest of the network.
+    skipped: None = the first unreadable image raises its one-line DataError; a Skipped = unreadable images
+    are left out of the codes (which then follow the readable items in order) and listed in it.
     """
     if cached_stages > 0:
-        feats = stage_outputs(model, source, indices, image_size, cached_stages, device, progress=progress)
+        feats = stage_outputs(model, source, indices, image_size, cached_stages, device, progress=progress,
+                              skipped=skipped)
         batches = (feats[s : s + batch_size] for s in range(0, len(feats), batch_size))
         total = -(-len(feats) // batch_size)
         return codes_from_batches(model, batches, device, amp=amp, total=total, progress=progress, desc=desc,
                                   start_stage=cached_stages)
-    dataset = ImageDataset(source, indices, image_size)
+    indices = np.asarray(indices)
+    dataset = ImageDataset(source, indices, image_size, skip_unreadable=skipped is not None)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    batches = (b["image"] for b in loader)
-    return codes_from_batches(model, batches, device, amp=amp, total=len(loader), progress=progress, desc=desc)
+
+    def readable(batch: dict) -> torch.Tensor:
+        if skipped is None:
+            return batch["image"]
+        ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
+        for pos, error in zip(batch["index"].tolist(), batch["error"]):
+            if error:
+                item = int(indices[pos])
+                skipped.add(item, source.describe(item), error)
+        return batch["image"][ok]
+
+    batches = (x for x in map(readable, loader) if len(x))
+    codes = codes_from_batches(model, batches, device, amp=amp, total=len(loader), progress=progress, desc=desc)
+    return codes if len(codes) else np.zeros((0, getattr(model, "bits", 0)), np.int8)

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from attnhash.codes import pack_codes
-from attnhash.data import open_image, resize_image, to_rgb_array
+from attnhash.codes import code_bytes, pack_codes
+from attnhash.data import FileSource, Skipped, resize_image, to_rgb_array
 from attnhash.errors import CheckpointError
 from attnhash.inference.device import pick_device, prepare_network
 from attnhash.inference.encode import codes_from_batches, encode_indices
@@ -78,22 +78,27 @@ class Encoder:
         batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
         return pack_codes(codes_from_batches(self.model, batches, self.device))
 
-    def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128) -> np.ndarray:
-        batches = (
-            self._batch([open_image(p) for p in paths[s : s + batch_size]]) for s in range(0, len(paths), batch_size)
-        )
-        return pack_codes(codes_from_batches(self.model, batches, self.device))
+    def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128,
+                     skipped: Skipped | None = None) -> np.ndarray:
+        """Image files -> packed codes (of the readable ones when `skipped` collects the others)."""
+        files = FileSource([str(Path(p).absolute()) for p in paths], None, name="files")
+        return self.encode_source(files, batch_size=batch_size, progress=False, skipped=skipped)
 
     def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True,
-                      use_stage_cache: bool = False) -> np.ndarray:
+                      use_stage_cache: bool = False, skipped: Skipped | None = None) -> np.ndarray:
         """Items of an ImageSource (all, or the given indices) -> packed codes, in that order.
 
         use_stage_cache: when the run was trained with train.frozen_cache=disk, read its frozen stages'
         output from the shared disk cache (computing what is missing) instead of running them again.
+        skipped: None = the first unreadable image raises its one-line DataError; a Skipped = unreadable
+        images are listed there and left out, the codes following the readable items in order.
         """
         indices = np.arange(len(source)) if indices is None else np.asarray(indices)
         cached = 0
         if use_stage_cache and self.config.train.frozen_cache == "disk":
             cached = int(self.meta.get("frozen_stages", 0))
-        return pack_codes(encode_indices(self.model, source, indices, self.image_size, self.device, batch_size,
-                                         progress, cached_stages=cached))
+        codes = encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
+                               cached_stages=cached, skipped=skipped)
+        if len(codes) == 0:
+            return np.zeros((0, code_bytes(self.bits)), np.uint8)
+        return pack_codes(codes)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attnhash.atomic import atomic_write
-from attnhash.data import ImageDataset
+from attnhash.data import ImageDataset, Skipped
 
 
 def cache_root() -> Path:
@@ -73,9 +73,12 @@ def _run_prefix(network, images: torch.Tensor, n_stages: int, device) -> torch.T
 
 
 def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stages: int, device,
-                  batch_size: int = 256, progress: bool = True, log=print) -> torch.Tensor:
+                  batch_size: int = 256, progress: bool = True, log=print,
+                  skipped: Skipped | None = None) -> torch.Tensor:
     """Outputs of the first `n_stages` stages for source items `indices`, from the disk cache, computing
-    (and storing) the rows that are not there yet. Returns a float32 tensor (len(indices), C, h, w)."""
+    (and storing) the rows that are not there yet. Returns a float32 tensor (len(indices), C, h, w).
+    skipped: None = an unreadable image raises; a Skipped = its row is left out of the result (and of the
+    cache) and it is listed there."""
     key = prefix_key(network, source, image_size, n_stages)
     folder = cache_root() / key
     indices = np.asarray(indices, dtype=np.int64)
@@ -100,18 +103,25 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
         if len(todo):
             # a private generator: iterating a DataLoader draws a seed from the global RNG, and a run must train
             # the same whether its cache was filled now or by an earlier run (stochastic depth draws from it)
-            loader = DataLoader(ImageDataset(source, todo, image_size), batch_size=batch_size, shuffle=False,
-                                generator=torch.Generator())
-            pos = 0
+            loader = DataLoader(ImageDataset(source, todo, image_size, skip_unreadable=skipped is not None),
+                                batch_size=batch_size, shuffle=False, generator=torch.Generator())
+            pos, bad = 0, []
             for batch in tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
                               disable=None if progress else True):
                 out = _run_prefix(network, batch["image"], n_stages, device).numpy()
                 feats[todo[pos : pos + len(out)]] = out
+                for k, error in enumerate(batch.get("error", ())):
+                    if error:
+                        bad.append(int(todo[pos + k]))
+                        skipped.add(bad[-1], source.describe(bad[-1]), error)
                 pos += len(out)
             feats.flush()
             done[todo] = True
+            done[bad] = False  # never cached: tried again (and reported again) next time
             atomic_write(done_path, lambda tmp: _save_npy(tmp, done))  # marked done only after the rows are flushed
             log(f"stage cache {folder}: computed {len(todo)} items ({feats.nbytes / 2**20:.0f} MiB in all)")
+        if skipped is not None:
+            indices = indices[done[indices]]
         result = torch.from_numpy(np.ascontiguousarray(feats[indices]))
     network.train(was_training)
     return result

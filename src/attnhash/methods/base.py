@@ -134,6 +134,26 @@ class Method(nn.Module):
         ctx.optimizer_step()
         return {"loss": float(loss.detach()), **parts}
 
+    # ----- resuming ----------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        """Everything the method keeps between steps, for a checkpoint to resume from: its own module state
+        (parameters, buffers) and every plain attribute (memory banks, centres, codes, stage flags, its own
+        optimisers), found by walking the attributes (methods create such objects in `setup`)."""
+        return {"module": self.state_dict(),
+                "attributes": {k: v for k, v in ((k, _capture(v)) for k, v in vars(self).items()
+                                                 if not k.startswith("_") and k not in _NOT_STATE) if v is not _SKIP}}
+
+    def load_training_state(self, state: dict[str, Any], ctx: TrainContext) -> None:
+        """Restore what `training_state` saved, into a method already set up for the same run; then
+        `on_resume` re-applies what restoring values alone does not (frozen parameters, optimiser groups)."""
+        self.load_state_dict(state["module"])
+        for name, saved in state["attributes"].items():
+            _restore(self, name, saved)
+        self.on_resume(ctx)
+
+    def on_resume(self, ctx: TrainContext) -> None:
+        """After the method's state was restored, before the optimiser's: default nothing."""
+
     def trainable_parameters(self, network: HashingNetwork) -> list[dict]:
         """Optimizer parameter groups: backbone and the rest, so recipes can scale the backbone's lr."""
         backbone = [p for p in network.backbone.parameters() if p.requires_grad]
@@ -143,6 +163,52 @@ class Method(nn.Module):
         if backbone:
             groups.append({"params": backbone, "name": "backbone"})
         return groups
+
+
+# ----- the generic walk of a method's state --------------------------------------------------------------
+_NOT_STATE = {"params", "training"}  # the config (rebuilt from the run's config) and nn.Module's mode flag
+_SKIP = object()
+
+
+def _capture(value: Any) -> Any:
+    """A saveable copy of an attribute value (see runs.state for what saves), or _SKIP for modules (their state
+    is in state_dict) and callables."""
+    if isinstance(value, nn.Module) or callable(value) and not isinstance(value, torch.optim.Optimizer):
+        return _SKIP
+    if isinstance(value, torch.optim.Optimizer):
+        return {"__optimizer__": value.state_dict()}
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_capture(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else type(value)(items)
+    if isinstance(value, dict):
+        items = {k: _capture(v) for k, v in value.items()}
+        return _SKIP if any(v is _SKIP for v in items.values()) else items
+    if hasattr(value, "__dict__"):  # a plain object: a memory bank, a set of pairs, ...
+        fields = {k: _capture(v) for k, v in vars(value).items()}
+        return {"__object__": {k: v for k, v in fields.items() if v is not _SKIP}}
+    return _SKIP
+
+
+def _restore(owner: Any, name: str, saved: Any) -> None:
+    current = getattr(owner, name, None)
+    if isinstance(saved, dict) and "__optimizer__" in saved:
+        current.load_state_dict(saved["__optimizer__"])
+    elif isinstance(saved, dict) and "__object__" in saved:
+        if current is None:
+            raise ConfigError(f"cannot resume: {type(owner).__name__}.{name} was not created by setup()")
+        for key, value in saved["__object__"].items():
+            _restore(current, key, value)
+    elif isinstance(saved, Tensor) and isinstance(current, Tensor):
+        if current.shape == saved.shape and current.dtype == saved.dtype:
+            current.copy_(saved)  # in place: other objects may hold the same tensor (the training labels)
+        else:
+            setattr(owner, name, saved.to(current.device))
+    elif isinstance(current, set) and isinstance(saved, (list, set)):
+        setattr(owner, name, set(saved))
+    else:
+        setattr(owner, name, saved)
 
 
 # ----- registry --------------------------------------------------------------------------------------

@@ -119,6 +119,10 @@ class EGA(Method):
         what = "classification of the CAM branch" if self.stage == 1 else "hashing with the frozen CAM map"
         ctx.log(f"ega: epoch {ctx.epoch + 1}: stage {self.stage} ({what})")
 
+    def on_resume(self, ctx: TrainContext) -> None:
+        if self.stage == 2:  # the branch was frozen and left the optimiser before the checkpoint
+            self._enter_stage2(ctx)
+
     def _enter_stage2(self, ctx: TrainContext) -> None:
         cam = self.branch(ctx)
         frozen = {id(p) for p in cam.parameters()}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from attnhash.codefile import CodeSet
-from attnhash.data import ImageSource
+from attnhash.data import ImageSource, Skipped
 from attnhash.errors import CheckpointError, DataError, IndexFileError
 from attnhash.index import Index, create_index, open_index
 from attnhash.inference import Encoder
@@ -128,12 +128,17 @@ class Retriever:
 
     # ---- adding -------------------------------------------------------------------------------------
     def add_source(self, source: ImageSource, indices: np.ndarray | None = None, batch_size: int = 256,
-                   progress: bool = True) -> np.ndarray:
-        """Encode and add the items of an ImageSource; returns their new ids."""
+                   progress: bool = True, skipped: Skipped | None = None) -> np.ndarray:
+        """Encode and add the items of an ImageSource; returns their new ids. With `skipped`, unreadable images
+        are listed there and left out (else the first one raises)."""
         encoder = self._need_encoder()
         idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
         cmap = self._class_map(source)
-        codes = encoder.encode_source(source, idx, batch_size=batch_size, progress=progress)
+        before = set() if skipped is None else skipped.indices()
+        codes = encoder.encode_source(source, idx, batch_size=batch_size, progress=progress, skipped=skipped)
+        if skipped is not None:
+            bad = skipped.indices() - before
+            idx = np.asarray([i for i in idx if int(i) not in bad], dtype=np.int64)
         return self.index.add(codes, metadata=source_metadata(source, idx, cmap))
 
     def add_codes(self, codes: CodeSet, what: str = "the codes") -> np.ndarray:

@@ -17,6 +17,7 @@ from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.codefile import SplitCodes
 from attnhash.config import RunConfig, config_from_dict
 from attnhash.errors import AttnHashError, CheckpointError, DataError
+from attnhash.runs.state import load_state, save_state
 from attnhash.version import __version__
 
 # Version 2 added the network spec; a version-1 checkpoint cannot be rebuilt without its method.
@@ -55,6 +56,8 @@ class RunFolder:
     METRICS = "metrics.json"
     PLOTS = "plots"
     ENCODED = "encoded.npz"
+    TRAIN_STATE = "train_state.safetensors"
+    SKIPPED = "skipped.tsv"
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -145,14 +148,45 @@ class RunFolder:
     def fingerprint(self) -> str:
         return file_fingerprint(self.checkpoint_path)
 
-    # ---- the epoch log ------------------------------------------------------------------------------
-    def start_log(self) -> None:
+    # ---- a training in progress ---------------------------------------------------------------------
+    def start_training(self, config: RunConfig) -> None:
+        """A new training in this folder: its config (so --resume knows it) and an empty log."""
         self.create()
-        self.file(self.LOG).write_text("")
+        atomic_write_text(self.file(self.CONFIG), config.to_yaml())
+        self.write_log([])
+
+    def write_log(self, records: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.file(self.LOG), "".join(json.dumps(r) + "\n" for r in records))
 
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.file(self.LOG), "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def save_train_state(self, state: dict[str, Any]) -> None:
+        """The state to resume from after the last finished epoch (written atomically every epoch)."""
+        save_state(self.file(self.TRAIN_STATE), state)
+
+    def load_train_state(self) -> dict[str, Any] | None:
+        path = self.file(self.TRAIN_STATE)
+        return load_state(path) if path.exists() else None
+
+    def finish_training(self) -> None:
+        """The final checkpoint is written: the resumable state is no longer needed."""
+        self.file(self.TRAIN_STATE).unlink(missing_ok=True)
+
+    def load_config(self) -> RunConfig:
+        """The run's config (from config.yaml, written when its training started)."""
+        saved = self.saved_config()
+        if saved is None:
+            raise CheckpointError(f"{self.path}: no readable {self.CONFIG}; not a run folder")
+        try:
+            return config_from_dict(saved)
+        except AttnHashError as err:
+            raise CheckpointError(f"{self.path / self.CONFIG}: {err}") from None
+
+    def write_skipped(self, skipped, name: str = SKIPPED) -> str:
+        """Images that could not be read (a data.Skipped), listed in skipped.tsv (training) or another file."""
+        return skipped.write(self.file(name))
 
     def read_log(self) -> list[dict[str, Any]]:
         path = self.file(self.LOG)

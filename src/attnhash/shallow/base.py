@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from attnhash.codes import binarize
+from attnhash.codes import MIN_BITS, binarize
 from attnhash.errors import CheckpointError, ConfigError
 from attnhash.registry import Registry
 
@@ -94,9 +94,8 @@ def check_float(owner: str, name: str, value: Any, low: float, high: float | Non
 
 def _check_bits(owner: str, bits: Any) -> int:
     bits = check_int(owner, "bits", bits, minimum=1)
-    if bits % 8:
-        # codes are stored packed, K/8 bytes per code (DESIGN.md section 4)
-        raise ConfigError(f"{owner}: bits must be a positive multiple of 8 (16, 32, 64, ...), got {bits}")
+    if bits < MIN_BITS:
+        raise ConfigError(f"{owner}: bits must be at least {MIN_BITS}, got {bits}")
     return bits
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from typing import Callable, Iterator
 
@@ -139,9 +140,30 @@ def _split_validation(train: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "batches": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator.set_state(state["batches"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.device, generator: torch.Generator,
-               progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Train the deep method of `cfg` and save its run folder; returns where and how fast."""
+               progress: bool = True, log: Callable[[str], None] = print, resume: dict | None = None) -> TrainResult:
+    """Train the deep method of `cfg` and save its run folder; returns where and how fast.
+
+    After every epoch the whole training state (network, optimiser, scheduler, method state, RNGs, history)
+    is saved in the run folder; `resume` (that state) continues from the epoch after it and ends with the
+    weights an uninterrupted run would have."""
     train_idx, val_idx = data.train, None
     if cfg.train.select == "val":
         train_idx, val_idx = _split_validation(data.train, cfg.train.val_fraction, cfg.train.seed)
@@ -181,12 +203,27 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
     )
     method.setup(ctx)
 
-    run.start_log()
     history: list[dict] = []
     best = (-1.0, None, -1)
     t_start = time.time()
     train_seconds = 0.0
-    for epoch in range(cfg.train.epochs):
+    first_epoch = 0
+    if resume is None:
+        run.start_training(cfg)
+    else:  # everything set up as at the start; now the state after the last finished epoch
+        network.load_state_dict(resume["network"])
+        method.load_training_state(resume["method"], ctx)
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        ctx.step, ctx.extras = resume["step"], resume["extras"]
+        history, train_seconds = resume["history"], resume["train_seconds"]
+        best = (resume["best"][0], resume["best"][1], resume["best"][2])
+        first_epoch = resume["epoch"]
+        _set_rng_state(resume["rng"], generator, device)
+        run.write_log(history)  # a record written after the state was saved is for an epoch done again
+        log(f"resuming {run.path} after epoch {first_epoch} of {cfg.train.epochs}")
+    for epoch in range(first_epoch, cfg.train.epochs):
         ctx.epoch = epoch
         method.on_epoch_start(ctx)
         network.train()
@@ -222,6 +259,12 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         history.append(record)
         run.append_log(record)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        run.save_train_state({
+            "epoch": epoch + 1, "step": ctx.step, "extras": ctx.extras, "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "method": method.training_state(), "rng": _rng_state(generator, device), "history": history,
+            "train_seconds": train_seconds, "best": list(best),
+        })
 
     if best[1] is not None:
         network.load_state_dict(best[1])
@@ -237,6 +280,7 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         cached_frozen=start_stage > 0,
     )
     ckpt = run.save_model(network.state_dict(), cfg, spec.to_dict(), meta)
+    run.finish_training()
     return TrainResult(run.path, ckpt, total, meta["images_per_second"], history)
 
 
