@@ -52,8 +52,12 @@ def test_unreadable_image(images, run16):
     (images / "b.png").write_bytes(b"this is not a png")
     lst = images / "list.txt"
     lst.write_text("a.png 1 0\nb.png 0 1\n")
-    one_line_error(attnhash("encode", run16, "--images", lst, "--out", images / "c.npz"), "b.png")
+    one_line_error(attnhash("encode", run16, "--images", lst, "--out", images / "c.npz", "--strict"), "b.png")
     one_line_error(attnhash("encode", run16, "--images", images / "b.png", "--out", images / "d.npz"), "b.png")
+    # without --strict the readable images are encoded and the bad one is listed beside the output
+    done = attnhash("encode", run16, "--images", lst, "--out", images / "c.npz")
+    assert done.returncode == 0 and "skipped 1 unreadable image(s)" in done.stderr
+    assert (images / "c.npz.skipped.tsv").read_text().splitlines()[1].startswith(str(images / "b.png") + "\t")
 
 
 def test_checkpoint_from_another_code_length(images, run16):

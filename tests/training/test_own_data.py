@@ -127,3 +127,38 @@ def test_file_names_that_are_not_utf8_survive_end_to_end(tmp_path):
     assert os.path.join(str(folder), name) in paths
     out = cli("search", str(tmp_path / "odd.idx"), os.path.join(str(folder), name), "--k", "1")
     assert os.fsencode(os.path.join(str(folder), name)) in out  # printed as the file's own bytes
+
+
+def test_photos_code_as_they_look(photos, tmp_path):
+    """In a flat folder, a JPEG stored sideways with EXIF orientation 6 codes like the same photo saved upright,
+    not like its stored pixels; a 16-bit grey PNG codes within 2 bits of the same image in 8 bits."""
+    from attnhash.data import open_dataset
+    from attnhash.inference import Encoder
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    upright = Image.open(photos[1]).convert("RGB")
+    upright.save(flat / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn right to display": the stored pixels are turned a quarter left
+    upright.transpose(Image.Transpose.ROTATE_90).save(flat / "sideways.jpg", quality=95, exif=exif)
+    upright.transpose(Image.Transpose.ROTATE_90).save(flat / "stored_pixels.jpg", quality=95)
+    grey = np.asarray(upright.convert("L"))
+    Image.fromarray(grey).save(flat / "grey8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(flat / "grey16.png")
+    for p in photos[2:12]:  # more photos for the fit
+        Image.open(p).convert("RGB").save(flat / p.name)
+    assert main(["train", "--dataset", str(flat), "--method", "lsh", "--bits", "64", "--image-size", "96",
+                 "--name", "lsh", "--out", str(tmp_path / "runs"), "-q"]) == 0
+    encoder = Encoder(tmp_path / "runs" / "lsh", device="cpu")
+    source = open_dataset(str(flat))
+    names = [Path(source.describe(i)).name for i in range(len(source))]
+    codes = np.unpackbits(encoder.encode_source(source, progress=False), axis=1)
+
+    def bits_apart(a, b):
+        return int((codes[names.index(a)] != codes[names.index(b)]).sum())
+
+    assert bits_apart("upright.jpg", "sideways.jpg") <= 2
+    # what the sideways file coded like before: 10-19 of 64 bits away for this LSH run on four of the photos
+    assert bits_apart("upright.jpg", "stored_pixels.jpg") >= 8
+    assert bits_apart("grey8.png", "grey16.png") <= 2
