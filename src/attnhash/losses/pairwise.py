@@ -12,6 +12,8 @@ A pairwise loss compares each item i of a batch with partners j. Two sets of par
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -58,15 +60,22 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 class MemoryBank:
     """Relaxed codes and labels of every training item, updated as batches pass (DPSH-style training:
-    each batch is compared against the whole training set, not only against itself)."""
+    each batch is compared against the whole training set, not only against itself).
 
-    def __init__(self, num_items: int, bits: int, labels: Tensor):
+    `gather` (TrainContext.dist.all_gather in the trainer) collects every process's batch under distributed
+    training, so each process's bank holds the same codes."""
+
+    def __init__(self, num_items: int, bits: int, labels: Tensor, gather: Callable[[Tensor], Tensor] | None = None):
         self.codes = torch.zeros(num_items, bits, device=labels.device)
         self.labels = labels
         self.filled = torch.zeros(num_items, dtype=torch.bool, device=labels.device)
+        self.gather = gather
 
     def update(self, index: Tensor, u: Tensor) -> None:
-        self.codes[index] = u.detach().float()
+        u = u.detach().float()
+        if self.gather is not None:
+            index, u = self.gather(index), self.gather(u)
+        self.codes[index] = u
         self.filled[index] = True
 
     def pairs(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,12 +88,14 @@ class MemoryBank:
 class Partners:
     """The codes, labels and pair mask a batch is compared with (see the module docstring)."""
 
-    def __init__(self, mode: str, num_train: int = 0, bits: int = 0, train_labels: Tensor | None = None):
+    def __init__(self, mode: str, num_train: int = 0, bits: int = 0, train_labels: Tensor | None = None,
+                 gather: Callable[[Tensor], Tensor] | None = None):
         if mode not in PAIR_MODES:
             raise ConfigError(f"pairs must be one of {', '.join(PAIR_MODES)}; got {mode!r}")
         self.mode = mode
         # without the training labels (a loss called outside the trainer) there is no bank: batch pairs
-        self.bank = MemoryBank(num_train, bits, train_labels) if mode == "bank" and train_labels is not None else None
+        self.bank = MemoryBank(num_train, bits, train_labels, gather) \
+            if mode == "bank" and train_labels is not None else None
 
     def __call__(self, u: Tensor, labels: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(partner codes P, partner labels, mask M): pair (i, j) compares u_i with P_j where M_ij = 1."""

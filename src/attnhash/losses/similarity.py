@@ -208,11 +208,12 @@ class SimilarityPairs:
     """Which pairs a batch is trained on: within the batch (SSDH's and Huang et al.'s form) or the batch
     against a bank of the relaxed codes of the whole training set (DPSH-style, many more known pairs)."""
 
-    def __init__(self, s: Tensor, bits: int, mode: str = "batch"):
+    def __init__(self, s: Tensor, bits: int, mode: str = "batch", gather: Callable[[Tensor], Tensor] | None = None):
         if mode not in ("batch", "bank"):
             raise ConfigError(f"pairs must be 'batch' or 'bank', got {mode!r}")
         self.s = s
         self.mode = mode
+        self.gather = gather  # every process's batch into the bank, under distributed training
         self.codes = torch.zeros(s.shape[0], bits, device=s.device) if mode == "bank" else None
         self.filled = torch.zeros(s.shape[0], dtype=torch.bool, device=s.device) if mode == "bank" else None
 
@@ -226,8 +227,11 @@ class SimilarityPairs:
         if self.mode == "batch":
             s = self.s[index][:, index].float()
             return h, s, (s != 0).float()
-        self.codes[index] = h.detach().float()
-        self.filled[index] = True
+        codes, where = h.detach().float(), index
+        if self.gather is not None:
+            codes, where = self.gather(codes), self.gather(index)
+        self.codes[where] = codes
+        self.filled[where] = True
         s = self.s[index].float()
         mask = (s != 0).float() * self.filled.float().unsqueeze(0)
         return self.codes, s, mask

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from attnhash.config import ModelConfig
 from attnhash.errors import ConfigError
+from attnhash.inference.distributed import SINGLE, Distributed
+from attnhash.losses.pairwise import MemoryBank
 from attnhash.models.network import HashingNetwork, NetworkSpec
 from attnhash.registry import Registry
 
@@ -47,6 +49,17 @@ class TrainContext:
     grad_clip: float | None = None  # max gradient norm of the network's parameters (optim.grad_clip)
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)  # free space for a method's own bookkeeping
+    # the processes of a distributed training (torchrun): gather batches into shared state with dist.all_gather
+    dist: Distributed = SINGLE
+
+    def memory_bank(self, bits: int) -> MemoryBank:
+        """A bank of every training item's relaxed code, kept the same in every process."""
+        return MemoryBank(self.num_train, bits, self.train_labels, gather=self.dist.all_gather if self.dist.active
+                          else None)
+
+    def gather(self) -> Callable[[Tensor], Tensor] | None:
+        """What a method's own shared state (pairs, banks) gathers batches with: None in one process."""
+        return self.dist.all_gather if self.dist.active else None
 
     @torch.no_grad()
     def collect_outputs(self, key: str) -> tuple[Tensor, Tensor]:
@@ -59,10 +72,10 @@ class TrainContext:
         filled = torch.zeros(self.num_train, dtype=torch.bool, device=self.device)
         try:
             for batch in self.train_loader:
-                out = self.forward(batch)[key].float()
+                out = self.dist.all_gather(self.forward(batch)[key].float())  # every process's share of the set
                 if rows is None:
                     rows = torch.zeros(self.num_train, out.shape[1], device=self.device)
-                index = batch["index"].to(self.device)
+                index = self.dist.all_gather(batch["index"].to(self.device))
                 rows[index] = out.to(self.device)
                 filled[index] = True
         finally:
@@ -153,6 +166,11 @@ class Method(nn.Module):
 
     def on_resume(self, ctx: TrainContext) -> None:
         """After the method's state was restored, before the optimiser's: default nothing."""
+
+    def distributed_refusal(self) -> str | None:
+        """Why this method cannot train in several processes (torchrun), or None when it can: shared state
+        (memory banks, pairs, similarity) is gathered from every process through TrainContext."""
+        return None
 
     def trainable_parameters(self, network: HashingNetwork) -> list[dict]:
         """Optimizer parameter groups: backbone and the rest, so recipes can scale the backbone's lr."""

@@ -98,7 +98,7 @@ class DBDH(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         if self.params.pairs == "bank":
-            self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+            self.bank = ctx.memory_bank(self.bits)
 
     def loss(self, out, batch, ctx):
         b = straight_through_sign(out["z"], self.params.ste_clip)

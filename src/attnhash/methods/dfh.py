@@ -122,11 +122,17 @@ class DFH(Method):
         self.register_buffer("v", torch.zeros(num_classes, bits))
         self.register_buffer("centers", torch.zeros(num_classes, bits))
 
+    def distributed_refusal(self) -> str | None:
+        if self.params.center_update == "batch" and "centers" not in self.ablate:
+            return ("center_update=batch moves the class centres with each process's own batch, so the processes "
+                    "would drift apart; use center_update=epoch (the default) under torchrun")
+        return None
+
     def setup(self, ctx: TrainContext) -> None:
-        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels)
+        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels, ctx.gather())
         # the per-epoch C-step needs every training item's latest code: the pair bank, or one of its own
         bank = self.partners.bank
-        self.codes = bank if bank is not None else MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        self.codes = bank if bank is not None else ctx.memory_bank(self.bits)
         self.v = self.v.to(ctx.device)
         self.centers = self.centers.to(ctx.device)
 

@@ -94,7 +94,7 @@ class DHIDA(Method):
         return cfg
 
     def setup(self, ctx: TrainContext) -> None:
-        self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        self.bank = ctx.memory_bank(self.bits)
 
     def loss(self, out, batch, ctx):
         u = out["z"]

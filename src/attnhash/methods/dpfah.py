@@ -78,7 +78,7 @@ class DPFAH(Method):
         return cfg
 
     def setup(self, ctx: TrainContext) -> None:
-        self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        self.bank = ctx.memory_bank(self.bits)
         self.single_label = self._single_label(ctx.train_labels)
 
     def _single_label(self, labels: Tensor) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnhash.losses.pairwise import MemoryBank, pairwise_likelihood
+from attnhash.losses.pairwise import pairwise_likelihood
 from attnhash.losses.quantization import quantization_loss
 from attnhash.methods.base import Method, TrainContext, register_method
 
@@ -32,7 +32,7 @@ class DPSH(Method):
     Params = DPSHParams
 
     def setup(self, ctx: TrainContext) -> None:
-        self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        self.bank = ctx.memory_bank(self.bits)
 
     def loss(self, out, batch, ctx):
         u = out["z"]

@@ -111,7 +111,7 @@ class DSDH(Method):
         return p.net_eta if p.net_eta is not None else p.eta * self.bits / (2.0 * self.num_train)
 
     def setup(self, ctx: TrainContext) -> None:
-        self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+        self.bank = ctx.memory_bank(self.bits)
         u, filled = ctx.collect_outputs("z")
         self.bank.update(torch.nonzero(filled).flatten(), u[filled])
         self.B = sign(self.bank.codes.t()).contiguous()

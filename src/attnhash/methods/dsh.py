@@ -68,7 +68,7 @@ class DSH(Method):
         self.partners = Partners(self.params.pairs)  # checks the mode; the bank is built in setup
 
     def setup(self, ctx: TrainContext) -> None:
-        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels)
+        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels, ctx.gather())
 
     def loss(self, out, batch, ctx):
         b = out["z"]

@@ -94,7 +94,7 @@ class EGA(Method):
         labels = ctx.train_labels
         self.single_label = is_single_label(labels) if p.classification == "auto" else p.classification == "ce"
         cam.multi_label.fill_(not self.single_label)
-        self.bank = MemoryBank(ctx.num_train, self.bits, labels)
+        self.bank = ctx.memory_bank(self.bits)
         if p.stage1_epochs == 0:
             ctx.log("ega: warning: stage1_epochs=0, hashing starts on an untrained CAM branch")
             self._enter_stage2(ctx)

@@ -104,7 +104,7 @@ class HashNet(Method):
         self.use_cosine = p.continuous_similarity == "on"
 
     def setup(self, ctx: TrainContext) -> None:
-        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels)
+        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels, ctx.gather())
         if self.params.continuous_similarity == "auto":
             self.use_cosine = not is_single_label(ctx.train_labels)
 

@@ -88,7 +88,7 @@ class IDHN(Method):
         self.partners = Partners(self.params.pairs)
 
     def setup(self, ctx: TrainContext) -> None:
-        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels)
+        self.partners = Partners(self.params.pairs, ctx.num_train, self.bits, ctx.train_labels, ctx.gather())
 
     def loss(self, out, batch, ctx):
         z = out["z"]

@@ -66,7 +66,7 @@ class LCDSH(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         if self.params.pairs == "bank":
-            self.bank = MemoryBank(ctx.num_train, self.bits, ctx.train_labels)
+            self.bank = ctx.memory_bank(self.bits)
 
     def loss(self, out, batch, ctx):
         u = out["z"]

@@ -53,7 +53,7 @@ class SSDH(Method):
         p = self.params
         s = build_similarity(*ctx.collect_outputs("features"), p.alpha, p.beta, p.bins, ctx.log,
                              backbone_weights=ctx.network.backbone.weights_source)
-        self.pairs = SimilarityPairs(s, self.bits, p.pairs)
+        self.pairs = SimilarityPairs(s, self.bits, p.pairs, ctx.gather())
 
     def loss(self, out, batch, ctx):
         h = torch.tanh(out["z"])

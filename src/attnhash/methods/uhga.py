@@ -147,7 +147,7 @@ class UHGA(Method):
         p = self.params
         s = build_similarity(*ctx.collect_outputs("features"), p.alpha, p.beta, p.bins, ctx.log,
                              backbone_weights=ctx.network.backbone.weights_source)
-        self.pairs = SimilarityPairs(s, self.bits, p.pairs)
+        self.pairs = SimilarityPairs(s, self.bits, p.pairs, ctx.gather())
         if self.grad_attention is not None:
             self.attention_optimizer = torch.optim.Adam(self.grad_attention.parameters(), lr=p.attention_lr)
 
@@ -209,6 +209,7 @@ class UHGA(Method):
         after = sim_new + lam * (quant_new + bal_new)
         self.attention_optimizer.zero_grad(set_to_none=True)
         after.backward()
+        ctx.dist.average_gradients(self.grad_attention.parameters())  # one attention MLP for all processes
         self.attention_optimizer.step()
 
         loss = sim.detach() + reg.detach()

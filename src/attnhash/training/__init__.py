@@ -3,6 +3,10 @@ shallow one (attnhash.training.shallow), as the method catalogue says, and leave
 
 A run folder is never overwritten by accident: a name that already holds a run is refused unless `force`;
 `resume_run` continues an interrupted training from its last finished epoch.
+
+Under `torchrun --nproc_per_node=N -m attnhash train ...` both join the job's process group (gloo on CPU,
+nccl on GPU) and train with DistributedDataParallel (attnhash.training.deep); the first process writes the
+run folder and the log. Shallow methods are fitted in one step and refuse torchrun.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from attnhash.config import RunConfig
 from attnhash.data import FileSource, ImageDataset, RunData, Skipped, prepare_data
 from attnhash.errors import CheckpointError, ConfigError
 from attnhash.inference import pick_device
+from attnhash.inference.distributed import Distributed
 from attnhash.methods import METHODS
 from attnhash.runs import RunFolder
 from attnhash.training.common import TrainResult, default_run_name, seed_everything
@@ -33,17 +38,25 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = Tr
     """Train (or fit) the method of `cfg` and save its run folder; returns where and how fast.
     A folder that holds a run already is refused unless `force`."""
     entry = METHODS.get(cfg.method.name)
+    device, dist = _devices(cfg)
+    if dist.active and not entry.deep:
+        raise ConfigError(f"{entry.name} is a shallow method, fitted in one step on pretrained features: run it "
+                          "without torchrun")
+    if dist.active and run_dir is None and cfg.name is None:
+        raise ConfigError("under torchrun every process must name the same run folder: pass --name")
     run = RunFolder(run_dir or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
     if not force and (run.has_model() or run.file(RunFolder.TRAIN_STATE).exists()):
         what = "a trained run" if run.has_model() else "an unfinished training"
         raise ConfigError(f"{run.path} holds {what} already; pass --force to train it again from scratch"
                           + ("" if run.has_model() else ", or --resume to continue it"))
-    run.create()
+    dist.barrier()  # every process has looked before the first one writes
+    log = log if dist.is_main else _quiet
+    if dist.is_main:
+        run.create()
     generator = seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
-    data = _readable(data or prepare_data(cfg.data), cfg, run, log)
+    data = _readable(data or prepare_data(cfg.data), cfg, run, log, dist.is_main)
     if entry.deep:
-        return train_deep(cfg, run, data, device, generator, progress=progress, log=log)
+        return train_deep(cfg, run, data, device, generator, progress=progress and dist.is_main, log=log, dist=dist)
     run.start_training(cfg)
     return fit_shallow(cfg, run, data, device, progress=progress, log=log)
 
@@ -58,15 +71,29 @@ def resume_run(run_dir: str | Path, progress: bool = True, log: Callable[[str], 
     state = run.load_train_state()
     if not METHODS.get(cfg.method.name).deep:
         raise ConfigError(f"{run.path}: {cfg.method.name} is fitted in one step; train it again with --force")
+    device, dist = _devices(cfg)
+    log = log if dist.is_main else _quiet
     generator = seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
-    data = _readable(prepare_data(cfg.data), cfg, run, log)
+    data = _readable(prepare_data(cfg.data), cfg, run, log, dist.is_main)
     if state is None:
         log(f"{run.path}: no finished epoch to resume from; training from the start")
-    return train_deep(cfg, run, data, device, generator, progress=progress, log=log, resume=state)
+    return train_deep(cfg, run, data, device, generator, progress=progress and dist.is_main, log=log, resume=state,
+                      dist=dist)
 
 
-def _readable(data: RunData, cfg: RunConfig, run: RunFolder, log: Callable[[str], None]) -> RunData:
+def _devices(cfg: RunConfig) -> tuple:
+    """(this process's device, the torchrun job it belongs to, or the single process)."""
+    device = pick_device(cfg.train.device)
+    dist = Distributed.from_env(device.type)
+    return dist.device(device), dist
+
+
+def _quiet(message: str) -> None:
+    """The log of every process but the first of a torchrun job."""
+
+
+def _readable(data: RunData, cfg: RunConfig, run: RunFolder, log: Callable[[str], None],
+              write: bool = True) -> RunData:
     """Say what the split is; leave out training images that cannot be read (listed in the run's skipped.tsv),
     unless data.strict (then the first one stops the training with its one-line error)."""
     sizes = f"{len(data.query)} query / {len(data.train)} train / {len(data.database)} database"
@@ -88,7 +115,7 @@ def _readable(data: RunData, cfg: RunConfig, run: RunFolder, log: Callable[[str]
                 skipped.add(int(data.train[pos]), data.source.describe(int(data.train[pos])), error)
     if not skipped:
         return data
-    report = run.write_skipped(skipped)
+    report = run.write_skipped(skipped) if write else None
     log(skipped.summary(report) + f" (checked {len(dataset)} training images in {time.time() - t0:.1f}s)")
     bad = np.fromiter(skipped.indices(), dtype=np.int64)
     if len(bad) == len(data.train):

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -25,6 +26,7 @@ from attnhash.config import RunConfig
 from attnhash.data import ImageDataset, RunData, augment_batch
 from attnhash.errors import ConfigError
 from attnhash.inference import encode_indices
+from attnhash.inference.distributed import SINGLE, Distributed
 from attnhash.inference.stagecache import stage_outputs
 from attnhash.methods import TrainContext, create_method
 from attnhash.metrics import mean_average_precision
@@ -64,12 +66,16 @@ class TrainBatches:
 
     `index` is the position in the training set (0..n-1), which methods use to address per-item state.
     Labels are left out for unsupervised methods, so they cannot use them even by mistake.
+    Under distributed training every process draws the same permutation (the same seeded generator) and
+    takes its own share of it (every world_size-th item, the set cut to a multiple of world_size so that
+    every process makes the same number of batches of the same sizes), as torch's DistributedSampler does.
     """
 
     def __init__(self, network, data: RunData, indices: np.ndarray, cfg: RunConfig, device, generator,
-                 with_labels: bool, log: Callable[[str], None], progress: bool):
-        self.cfg, self.device, self.generator = cfg, device, generator
+                 with_labels: bool, log: Callable[[str], None], progress: bool, dist: Distributed = SINGLE):
+        self.cfg, self.device, self.generator, self.dist = cfg, device, generator, dist
         self.n = len(indices)
+        self.per_process = self.n // dist.world_size
         self.labels = torch.from_numpy(data.labels[indices].astype(np.float32)) if with_labels else None
         self.dataset = ImageDataset(data.source, indices, cfg.data.image_size)
         self.start_stage = 0
@@ -107,14 +113,16 @@ class TrainBatches:
         return torch.cat(parts)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.cfg.train.batch_size)
+        return math.ceil(self.per_process / self.cfg.train.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         order = torch.randperm(self.n, generator=self.generator)
+        if self.dist.active:
+            order = order[: self.per_process * self.dist.world_size][self.dist.rank :: self.dist.world_size]
         bs = self.cfg.train.batch_size
-        for s in range(0, self.n, bs):
+        for s in range(0, len(order), bs):
             idx = order[s : s + bs]
-            if len(idx) < 2 and self.n >= 2:
+            if len(idx) < 2 and len(order) >= 2:
                 continue  # a batch of one breaks BatchNorm and pairwise losses
             if self.cache is not None:
                 x = self.cache[idx.to(self.cache.device)]
@@ -158,12 +166,18 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
 
 
 def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.device, generator: torch.Generator,
-               progress: bool = True, log: Callable[[str], None] = print, resume: dict | None = None) -> TrainResult:
+               progress: bool = True, log: Callable[[str], None] = print, resume: dict | None = None,
+               dist: Distributed = SINGLE) -> TrainResult:
     """Train the deep method of `cfg` and save its run folder; returns where and how fast.
 
     After every epoch the whole training state (network, optimiser, scheduler, method state, RNGs, history)
     is saved in the run folder; `resume` (that state) continues from the epoch after it and ends with the
-    weights an uninterrupted run would have."""
+    weights an uninterrupted run would have.
+
+    Under torchrun (`dist` active) the network is wrapped in DistributedDataParallel (gradients averaged over
+    the processes), each process trains on its share of every epoch's batches, methods keep their shared
+    state the same in every process (TrainContext.dist), and only the first process writes the run folder.
+    A batch size is per process: the effective batch is world_size times larger."""
     train_idx, val_idx = data.train, None
     if cfg.train.select == "val":
         train_idx, val_idx = _split_validation(data.train, cfg.train.val_fraction, cfg.train.seed)
@@ -171,6 +185,9 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         cfg.method.name, cfg.method.params, cfg.model.bits,
         num_classes=data.num_classes, num_train=len(train_idx), ablate=cfg.method.ablate,
     )
+    refusal = method.distributed_refusal() if dist.active else None
+    if refusal:
+        raise ConfigError(f"{cfg.method.name} cannot train in {dist.world_size} processes: {refusal}")
     spec = method.network_spec(cfg.model)
     network = spec.build()
     network.backbone.freeze(cfg.model.freeze)
@@ -181,11 +198,16 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
     optimizer = make_optimizer(cfg, method.trainable_parameters(network))
     scheduler = make_scheduler(cfg, optimizer)
 
-    batches = TrainBatches(network, data, train_idx, cfg, device, generator, method.supervised, log, progress)
+    batches = TrainBatches(network, data, train_idx, cfg, device, generator, method.supervised, log, progress,
+                           dist)
     start_stage = batches.start_stage
+    # find_unused_parameters: a method may leave a branch idle for a while (EGA's hash layer in stage 1)
+    model = DistributedDataParallel(network, find_unused_parameters=True,
+                                    device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist.active else network
 
     def forward(batch: dict) -> dict:
-        return network(batch["input"], start_stage=batch.get("start_stage", start_stage))
+        return model(batch["input"], start_stage=batch.get("start_stage", start_stage))
 
     ctx = TrainContext(
         network=network,
@@ -200,6 +222,7 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         amp=cfg.train.amp == "bf16",
         grad_clip=cfg.optim.grad_clip,
         log=log,
+        dist=dist,
     )
     method.setup(ctx)
 
@@ -209,7 +232,8 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
     train_seconds = 0.0
     first_epoch = 0
     if resume is None:
-        run.start_training(cfg)
+        if dist.is_main:
+            run.start_training(cfg)
     else:  # everything set up as at the start; now the state after the last finished epoch
         network.load_state_dict(resume["network"])
         method.load_training_state(resume["method"], ctx)
@@ -221,7 +245,8 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         best = (resume["best"][0], resume["best"][1], resume["best"][2])
         first_epoch = resume["epoch"]
         _set_rng_state(resume["rng"], generator, device)
-        run.write_log(history)  # a record written after the state was saved is for an epoch done again
+        if dist.is_main:
+            run.write_log(history)  # a record written after the state was saved is for an epoch done again
         log(f"resuming {run.path} after epoch {first_epoch} of {cfg.train.epochs}")
     for epoch in range(first_epoch, cfg.train.epochs):
         ctx.epoch = epoch
@@ -257,8 +282,10 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
             if record["val_mAP"] > best[0]:
                 best = (record["val_mAP"], copy.deepcopy(network.state_dict()), epoch + 1)
         history.append(record)
-        run.append_log(record)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if not dist.is_main:
+            continue
+        run.append_log(record)
         run.save_train_state({
             "epoch": epoch + 1, "step": ctx.step, "extras": ctx.extras, "network": network.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
@@ -279,8 +306,13 @@ def train_deep(cfg: RunConfig, run: RunFolder, data: RunData, device: torch.devi
         frozen_stages=network.backbone.frozen_stages,
         cached_frozen=start_stage > 0,
     )
-    ckpt = run.save_model(network.state_dict(), cfg, spec.to_dict(), meta)
-    run.finish_training()
+    if dist.active:
+        meta["world_size"] = dist.world_size
+    ckpt = run.checkpoint_path
+    if dist.is_main:
+        ckpt = run.save_model(network.state_dict(), cfg, spec.to_dict(), meta)
+        run.finish_training()
+    dist.barrier()  # the other processes return once the run folder is complete
     return TrainResult(run.path, ckpt, total, meta["images_per_second"], history)
 
 

@@ -1,0 +1,77 @@
+"""Distributed training on PyTorch's own engine: torchrun with 2 gloo processes trains DPSH and DPFAH, the
+model encodes, a world of 1 equals the plain run, and a killed torchrun job resumes to the same weights."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnhash.inference import Encoder
+
+TINY = ["--dataset", "fmnist", "--train-limit", "192", "--epochs", "2", "--batch-size", "16", "--bits", "16",
+        "--image-size", "32", "--backbone", "resnet18", "--weights", "none", "-q"]
+
+
+def torchrun(nproc: int, *args, wait: bool = True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "attnhash", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("method", ["dpsh", "dpfah"])
+def test_two_gloo_processes_train_a_model_that_encodes(method, fmnist, tmp_path):
+    torchrun(2, "train", "--method", method, *TINY, "--name", "ddp", "--out", str(tmp_path))
+    run = tmp_path / "ddp"
+    log = (run / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # one writer: the first process
+    assert load_file(run / "model.safetensors")  # and a complete checkpoint
+    codes = Encoder(run, device="cpu").encode_source(fmnist, np.arange(50), progress=False)
+    assert codes.shape == (50, 2) and len(np.unique(codes, axis=0)) > 1
+
+
+def test_a_world_of_one_equals_the_plain_run(fmnist, tmp_path):
+    torchrun(1, "train", "--method", "dpsh", *TINY, "--name", "one", "--out", str(tmp_path))
+    plain = subprocess.run([sys.executable, "-m", "attnhash", "train", "--method", "dpsh", *TINY, "--name", "plain",
+                            "--out", str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},  # same threads
+                           capture_output=True, text=True, timeout=900)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert same_weights(tmp_path / "one", tmp_path / "plain")
+
+
+def test_a_killed_torchrun_job_resumes_to_the_same_weights(fmnist, tmp_path):
+    args = ["--method", "dpsh", *TINY[:5], "3", *TINY[6:]]  # three epochs
+    torchrun(2, "train", *args, "--name", "whole", "--out", str(tmp_path))
+    job = torchrun(2, "train", *args, "--name", "cut", "--out", str(tmp_path), wait=False)
+    state = tmp_path / "cut" / "train_state.safetensors"
+    deadline = time.time() + 600
+    while not state.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    job.kill()  # torchrun and, with it, its workers
+    job.wait()
+    subprocess.run(["pkill", "-9", "-f", f"--name cut --out {tmp_path}"], check=False)
+    if (tmp_path / "cut" / "model.safetensors").exists():
+        pytest.skip("the job finished before it could be killed")
+    torchrun(2, "train", "--resume", str(tmp_path / "cut"), "-q")
+    assert same_weights(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_shallow_methods_refuse_torchrun(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "-m", "attnhash", "train", "--method", "itq", "--name", "x", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "itq is a shallow method" in done.stderr
