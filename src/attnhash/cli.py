@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "attnhash.commands.experiment",
     "attnhash.commands.methods",
     "attnhash.commands.explain",
+    "attnhash.commands.export",
 ]
 
 

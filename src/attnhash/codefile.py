@@ -56,6 +56,7 @@ class CodeSet:
     paths: list[str] | None = None
     labels: np.ndarray | None = None  # (n, C) multi-hot
     index: np.ndarray | None = None  # positions in the source they came from
+    class_names: list[str] | None = None  # the names of the label columns
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -70,6 +71,8 @@ class CodeSet:
             arrays["labels"] = self.labels
         if self.index is not None:
             arrays["index"] = self.index
+        if self.class_names:
+            arrays["class_names"] = np.array(self.class_names, dtype=str)
         _save_npz(path, arrays)
 
     @classmethod
@@ -91,7 +94,8 @@ class CodeSet:
         return cls(codes=codes, bits=bits or codes.shape[1] * 8,
                    fingerprint=str(data["fingerprint"]) if "fingerprint" in data else None,
                    paths=[str(p) for p in data["paths"]] if "paths" in data else None,
-                   labels=labels, index=data.get("index"))
+                   labels=labels, index=data.get("index"),
+                   class_names=[str(c) for c in data["class_names"]] if "class_names" in data else None)
 
 
 @dataclass

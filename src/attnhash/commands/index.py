@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 
-from attnhash.data.skipped import report_path
 from attnhash.errors import DataError
 
 
@@ -22,7 +21,11 @@ def register(sub) -> None:
     b.add_argument("run", help="run folder of the trained model")
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a list file, an image folder, a dataset name (fmnist, ...) or an .npz")
-    src.add_argument("--codes", help="an .npz written by `attnhash encode` (codes, paths, labels)")
+    src.add_argument("--codes", nargs="+", metavar="NPZ",
+                     help=".npz files written by `attnhash encode` (codes, paths, labels), added in the order given "
+                          "(the shares of a sharded encoding)")
+    b.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the run's checkpoint; onnx: its exported model.onnx (the same codes and fingerprint)")
     b.add_argument("--root", help="root folder for the paths of a list file / where the dataset lives")
     b.add_argument("--out", "-o", required=True, help="index file to write")
     b.add_argument("--backend", default="faiss", choices=["faiss", "numpy"], help="backend used while building")
@@ -38,7 +41,7 @@ def register(sub) -> None:
     a.add_argument("index", help="index file")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a list file, an image folder, a dataset name or an .npz")
-    src.add_argument("--codes", help="an .npz written by `attnhash encode`")
+    src.add_argument("--codes", nargs="+", metavar="NPZ", help=".npz files written by `attnhash encode`, in order")
     a.add_argument("--root")
     a.add_argument("--run", help="run folder (default: the one recorded in the index)")
     a.add_argument("--limit", type=int)
@@ -72,23 +75,44 @@ def _open_source(args):
 def run_build(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
     from attnhash.data import Skipped
-    from attnhash.inference import Encoder
+    from attnhash.inference.distributed import Distributed
+    from attnhash.inference.encode import encode_code_set, shard_of
+    from attnhash.inference.onnx_engine import load_encoder
     from attnhash.retrieval import Retriever
 
     if os.path.exists(args.out) and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite it")
-    encoder = Encoder(args.run, device=args.device)
-    if args.codes:
-        retriever = Retriever.create(encoder, backend=args.backend, source=args.codes, class_names=encoder.class_names)
-        retriever.add_codes(CodeSet.load(args.codes), args.codes)
+    encoder = load_encoder(args.run, args.engine, args.device)
+    dist = Distributed.from_env()
+    parts: list[str] = []
+    if args.images and dist.active:
+        # torchrun: every process encodes its share into a file of its own; the first merges them in order
+        source, indices = _open_source(args)
+        part = f"{args.out}.part{dist.rank}-of-{dist.world_size}.npz"
+        skipped = None if args.strict else Skipped()
+        encode_code_set(encoder, source, shard_of(indices, dist.rank, dist.world_size), skipped,
+                        batch_size=args.batch_size).save(part)
+        _report_skipped(skipped, part)
+        dist.barrier()
+        if not dist.is_main:
+            return 0
+        parts = [f"{args.out}.part{r}-of-{dist.world_size}.npz" for r in range(dist.world_size)]
+    if args.codes or parts:
+        files = args.codes or parts
+        retriever = Retriever.create(encoder, backend=args.backend, source=args.images or ",".join(files),
+                                     class_names=encoder.class_names)
+        for path in files:  # one file at a time: the whole set of images is never held at once
+            retriever.add_codes(CodeSet.load(path), path)
     else:
         source, indices = _open_source(args)
         retriever = Retriever.create(encoder, backend=args.backend, source=source)
         skipped = None if args.strict else Skipped()
-        retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+        retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=True,
                              skipped=skipped)
         _report_skipped(skipped, args.out)
     retriever.save(args.out)
+    for part in parts:
+        os.unlink(part)
     index = retriever.index
     print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
     return 0
@@ -96,6 +120,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def _report_skipped(skipped, output: str) -> None:
     """Write the list of unreadable images beside `output` and say so (one line)."""
+    from attnhash.data import report_path
+
     if skipped:
         report = skipped.write(report_path(output))
         print(skipped.summary(report), file=sys.stderr)
@@ -108,11 +134,11 @@ def run_add(args: argparse.Namespace) -> int:
 
     retriever = Retriever.open(args.index, args.run, device=args.device, load_model=not args.codes)
     if args.codes:
-        new = retriever.add_codes(CodeSet.load(args.codes), args.codes)
+        new = np.concatenate([retriever.add_codes(CodeSet.load(path), path) for path in args.codes])
     else:
         source, indices = _open_source(args)
         skipped = None if args.strict else Skipped()
-        new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+        new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=True,
                                    skipped=skipped)
         _report_skipped(skipped, args.index)
     retriever.save(args.index)

@@ -61,10 +61,5 @@ class Distributed:
         if self.active:
             dist.barrier()
 
-    def shard(self, n: int) -> slice:
-        """This rank's contiguous share of n items (the shares, in rank order, are the items in order)."""
-        bounds = [n * r // self.world_size for r in range(self.world_size + 1)]
-        return slice(bounds[self.rank], bounds[self.rank + 1])
-
 
 SINGLE = Distributed()

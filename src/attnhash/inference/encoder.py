@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from attnhash.codes import code_bytes, pack_codes
+from attnhash.codes import code_bytes
 from attnhash.data import FileSource, Skipped, resize_image, to_rgb_array
 from attnhash.errors import CheckpointError
 from attnhash.inference.device import pick_device, prepare_network
@@ -76,7 +76,8 @@ class Encoder:
     def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
         """PIL images or HxWx3 uint8 arrays -> packed uint8 codes (n, bits/8)."""
         batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
-        return pack_codes(codes_from_batches(self.model, batches, self.device))
+        codes = codes_from_batches(self.model, batches, self.device, packed=True)
+        return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
 
     def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128,
                      skipped: Skipped | None = None) -> np.ndarray:
@@ -98,7 +99,5 @@ class Encoder:
         if use_stage_cache and self.config.train.frozen_cache == "disk":
             cached = int(self.meta.get("frozen_stages", 0))
         codes = encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
-                               cached_stages=cached, skipped=skipped)
-        if len(codes) == 0:
-            return np.zeros((0, code_bytes(self.bits)), np.uint8)
-        return pack_codes(codes)
+                               cached_stages=cached, skipped=skipped, packed=True)
+        return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)

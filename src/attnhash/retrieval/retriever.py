@@ -14,6 +14,7 @@ from attnhash.data import ImageSource, Skipped
 from attnhash.errors import CheckpointError, DataError, IndexFileError
 from attnhash.index import Index, create_index, open_index
 from attnhash.inference import Encoder
+from attnhash.inference.onnx_engine import load_encoder
 
 
 def check_encoder(index: Index, encoder: Encoder) -> None:
@@ -70,19 +71,20 @@ class Retriever:
 
     @classmethod
     def open(cls, path: str, run_dir: str | None = None, backend: str = "faiss", device: str = "auto",
-             load_model: bool = True, **open_kwargs: Any) -> "Retriever":
+             load_model: bool = True, engine: str = "torch", **open_kwargs: Any) -> "Retriever":
         """Open an index file with the model that built it (its recorded run folder unless `run_dir` is given)."""
         index = open_index(path, backend=backend, **open_kwargs)
-        return cls(index, cls.load_encoder(index, run_dir, device) if load_model else None)
+        return cls(index, cls.load_encoder(index, run_dir, device, engine) if load_model else None)
 
     @staticmethod
-    def load_encoder(index: Index, run_dir: str | None = None, device: str = "auto") -> Encoder:
-        """The encoder of the run that built `index` (or of `run_dir`), checked against the index."""
+    def load_encoder(index: Index, run_dir: str | None = None, device: str = "auto", engine: str = "torch"):
+        """The encoder of the run that built `index` (or of `run_dir`), checked against the index; engine
+        "onnx" runs the run's exported model.onnx instead (the same codes and fingerprint)."""
         run = run_dir or index.info.get("run_dir")
         if not run:
             raise CheckpointError(f"index {index.path or ''} does not record the run that built it; pass the run "
                                   "folder (--run RUN_DIR)")
-        encoder = Encoder(run, device=device)
+        encoder = load_encoder(run, engine, device)
         check_encoder(index, encoder)
         return encoder
 
@@ -119,9 +121,8 @@ class Retriever:
         classes = self.index.info.get("class_names") or []
         return [classes[c] if 0 <= c < len(classes) else str(c) for c in labels]
 
-    def _class_map(self, source: ImageSource) -> list[int] | None:
-        """Map the source's class columns onto the index's class list (extended with new names)."""
-        names = getattr(source, "class_names", None)
+    def _class_map(self, names: Sequence[str] | None) -> list[int] | None:
+        """Map label columns named `names` onto the index's class list (extended with new names)."""
         if not names:
             return None
         return [self.resolve_labels([n])[0] for n in names]
@@ -133,7 +134,7 @@ class Retriever:
         are listed there and left out (else the first one raises)."""
         encoder = self._need_encoder()
         idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        cmap = self._class_map(source)
+        cmap = self._class_map(getattr(source, "class_names", None))
         before = set() if skipped is None else skipped.indices()
         codes = encoder.encode_source(source, idx, batch_size=batch_size, progress=progress, skipped=skipped)
         if skipped is not None:
@@ -150,13 +151,15 @@ class Retriever:
             if self.index.fingerprint is None and len(self.index) == 0:
                 self.index.fingerprint = codes.fingerprint
             self.index.check_fingerprint(codes.fingerprint, f"the model of {what}")
+        cmap = self._class_map(codes.class_names)
         metas = []
         for j in range(len(codes)):
             md: dict[str, Any] = {}
             if codes.paths is not None and codes.paths[j]:
                 md["path"] = codes.paths[j]
             if codes.labels is not None:
-                md["labels"] = np.flatnonzero(codes.labels[j]).tolist()
+                columns = np.flatnonzero(codes.labels[j]).tolist()
+                md["labels"] = columns if cmap is None else [cmap[c] for c in columns]
             metas.append(md or None)
         return self.index.add(codes.codes, metadata=metas)
 
