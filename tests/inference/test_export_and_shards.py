@@ -7,8 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import foolbox_photos
-from index_fixtures import write_image_folder
 
 from attnhash.cli import main
 from attnhash.config import build_config
@@ -18,6 +16,8 @@ from attnhash.inference import Encoder
 from attnhash.inference.onnx_engine import OnnxEncoder, export_onnx
 from attnhash.methods import create_method
 from attnhash.runs import RunFolder
+from conftest import foolbox_photos
+from index_fixtures import write_image_folder
 
 
 @pytest.fixture(scope="module")
