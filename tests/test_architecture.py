@@ -77,3 +77,10 @@ def test_ruff_passes():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_the_command_line_starts_without_torch():
+    """`attnhash --help` and argument errors answer at once: no command module imports torch at parse time."""
+    code = "import sys; from attnhash.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
