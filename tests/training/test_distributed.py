@@ -75,3 +75,21 @@ def test_shallow_methods_refuse_torchrun(tmp_path):
                            "-m", "attnhash", "train", "--method", "itq", "--name", "x", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "itq is a shallow method" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["csq", "dbdh", "dfh", "dhida", "dhn", "dsdh", "dsh", "ega", "greedyhash",
+                                    "greedyhash_unsup", "hashnet", "idhn", "lcdsh", "ssdh", "uhga"])
+def test_every_deep_method_trains_in_two_processes(method, fmnist, tmp_path):
+    """The methods not covered above: each trains under 2 gloo processes (its shared state gathered)."""
+    torchrun(2, "train", "--method", method, *TINY, "--weights", "auto", "--backbone", "efficientnet_lite0",
+             "--name", method, "--out", str(tmp_path))
+    assert (tmp_path / method / "model.safetensors").exists()
+
+
+def test_dfh_with_per_batch_centres_refuses_torchrun(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "-m", "attnhash", "train", "--method", "dfh", *TINY, "--set",
+                           "method.params.center_update=batch", "--name", "x", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "center_update=batch moves the class centres" in done.stderr
