@@ -19,24 +19,15 @@ from attnhash.errors import CheckpointError
 from attnhash.inference.device import pick_device, prepare_network
 from attnhash.inference.encode import codes_from_batches, encode_indices
 from attnhash.models import network_from_spec
+from attnhash.models.backbones.weights import state_mismatch
 from attnhash.runs import RunFolder
 
 
 def load_state_into(network: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """load_state_dict with one clear line on mismatch instead of PyTorch's multi-line report."""
-    own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"shape mismatch {', '.join(wrong[:3])}")
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(f"{path}: weights do not fit the network of its config ({'; '.join(parts)})")
+    problems = state_mismatch(network.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit the network of its config ({'; '.join(problems)})")
     network.load_state_dict(state, strict=True)
 
 

@@ -59,6 +59,23 @@ def _optional(model: Backbone, key: str) -> bool:
     )
 
 
+def state_mismatch(own: dict[str, Tensor], state: dict[str, Tensor], may_lack=lambda key: False) -> list[str]:
+    """Why `state` does not load into a module whose state dict is `own` (missing keys other than those
+    `may_lack`, unexpected keys, shape mismatches), a few of each named; [] when it fits."""
+    missing = [k for k in own if k not in state and not may_lack(k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_fmt(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_fmt(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_fmt(mismatched)})")
+    return problems
+
+
 def load_weights(model: Backbone, path: str | os.PathLike, source: str | None = None) -> None:
     """Load a state-dict file into `model`, strictly apart from the classification layer.
 
@@ -72,21 +89,8 @@ def load_weights(model: Backbone, path: str | os.PathLike, source: str | None = 
     for k in [k for k in state if k.startswith(head)]:
         if k not in own or own[k].shape != state[k].shape:
             del state[k]
-    missing = [k for k in own if k not in state and not _optional(model, k)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} in file vs {tuple(own[k].shape)}"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys ({_fmt(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys ({_fmt(unexpected)})")
-        if mismatched:
-            problems.append(f"{len(mismatched)} shape mismatches ({_fmt(mismatched)})")
+    problems = state_mismatch(own, state, lambda key: _optional(model, key))
+    if problems:
         raise CheckpointError(f"weights file {path} does not fit {model.name}: " + "; ".join(problems))
     non_float = [k for k, v in state.items() if own[k].is_floating_point() and not v.is_floating_point()]
     if non_float:
