@@ -145,3 +145,11 @@ def shared_backbones():
     network_module.create_backbone = cached
     yield
     network_module.create_backbone = real
+
+
+def setup_context(num_train: int, train_labels: torch.Tensor, **fields):
+    """A TrainContext for calling a method's setup/loss hooks directly: no network or optimizer, one process."""
+    from attnhash.methods.base import TrainContext
+
+    return TrainContext(network=None, forward=None, optimizer=None, train_labels=train_labels, num_train=num_train,
+                        epochs=fields.pop("epochs", 1), device=fields.pop("device", torch.device("cpu")), **fields)

@@ -1,5 +1,4 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from attnhash.config import build_config
 from attnhash.methods.base import create_method
 from attnhash.methods.dfh import DFHParams, b_step, c_step, center_objective, margin_likelihood
+from conftest import setup_context
 
 QUICK = dict(bits=16, backbone="efficientnet_lite0", image_size=32, model={"weights": "auto", "freeze": "block5"})
 
@@ -69,7 +69,7 @@ def test_network_loss_hand_computed():
 def test_epoch_c_step_uses_every_training_code(pairs):
     labels = torch.eye(3)[[0, 0, 1, 1, 2, 2]]
     m = create_method("dfh", {"pairs": pairs}, bits=8, num_classes=3, num_train=6)
-    ctx = SimpleNamespace(num_train=6, train_labels=labels, device=torch.device("cpu"), epoch=0)
+    ctx = setup_context(6, labels)
     m.setup(ctx)
     torch.manual_seed(0)
     z = torch.randn(3, 8)[[0, 0, 1, 1, 2, 2]]  # one code per class

@@ -2,7 +2,6 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from attnhash.errors import ConfigError
 from attnhash.methods.base import create_method
 from attnhash.methods.dhida import balance_loss, piecewise
 from attnhash.models import network_from_spec
+from conftest import setup_context
 
 BACKBONES = ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]
 BITS = [16, 32, 48, 64, 128]
@@ -82,7 +82,7 @@ def test_default_scale_makes_eq_16_the_gradient():
 def test_bank_holds_the_clipped_outputs():
     method = make(bits=2)
     labels = torch.eye(2)[[0, 1, 1]]
-    method.setup(SimpleNamespace(num_train=3, train_labels=labels))
+    method.setup(setup_context(3, labels))
     method.loss({"z": torch.tensor([[3.0, -0.2]])}, {"label": labels[:1], "index": torch.tensor([1])}, None)
     assert method.bank.codes[1].tolist() == pytest.approx([1.0, -0.2])
     assert method.bank.filled.tolist() == [False, True, False]

@@ -2,7 +2,6 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from attnhash.config import build_config
 from attnhash.errors import ConfigError
 from attnhash.methods.base import create_method
 from attnhash.models import network_from_spec
+from conftest import setup_context
 
 BACKBONES = ["resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]
 BITS = [16, 32, 48, 64, 128]
@@ -70,16 +70,16 @@ def test_ablations_remove_their_terms():
 def test_setup_reads_label_type_and_fills_the_bank():
     method = make(bits=2, num_classes=3)
     labels = torch.eye(3)[[0, 1, 2, 0]]
-    method.setup(SimpleNamespace(num_train=4, train_labels=labels))
+    method.setup(setup_context(4, labels))
     assert method.single_label is True
     out = {"z": torch.tensor([[0.3, -0.2]]), "logits": torch.zeros(1, 3)}
     method.loss(out, {"label": labels[:1], "index": torch.tensor([2])}, None)
     torch.testing.assert_close(method.bank.codes[2], torch.tanh(out["z"][0]))  # the bank keeps u = tanh(z)
     multi = make(bits=2, num_classes=3)
-    multi.setup(SimpleNamespace(num_train=2, train_labels=torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])))
+    multi.setup(setup_context(2, torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])))
     assert multi.single_label is False
     forced = make(bits=2, num_classes=3, classification="bce")
-    forced.setup(SimpleNamespace(num_train=4, train_labels=labels))
+    forced.setup(setup_context(4, labels))
     assert forced.single_label is False
 
 
