@@ -6,36 +6,18 @@ import io
 import os
 import re
 import threading
-import warnings
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import AUTH, TOKEN, local_client, png_bytes
 
 from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index
 from attnhash.serve import BackgroundServer, create_app
 from attnhash.serve.batching import MicroBatcher
 from index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's note about httpx versions
-    from fastapi.testclient import TestClient
-
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def local_client(app) -> TestClient:
-    """A test client that names a loopback host (the service refuses others)."""
-    return TestClient(app, base_url="http://127.0.0.1")
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

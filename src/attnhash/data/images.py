@@ -132,6 +132,8 @@ def decode_image_reduced(source: bytes | str | os.PathLike, name: str, size: tup
                 return pil_to_rgb(img.reduce((fx, fy)))
     except AttnHashError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked on opening
+        raise ImageTooLargeError(f"{name}: {_reason(exc)}") from None
     except FileNotFoundError:
         raise DataError(f"{name}: no such image file") from None
     except MemoryError:

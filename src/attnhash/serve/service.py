@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from attnhash.errors import AttnHashError, InvalidRequestError, NotFoundError, StorageError, UnavailableError
+from attnhash.errors import (
+    AttnHashError,
+    DataError,
+    InvalidRequestError,
+    NotFoundError,
+    StorageError,
+    UnavailableError,
+)
 from attnhash.index.lock import IndexLock
 from attnhash.retrieval import Retriever
 from attnhash.serve.batching import MicroBatcher
@@ -256,8 +263,11 @@ class SearchService:
                 with open(path, "wb") as out:
                     out.write(data)
             with self.lock.write(), self.retriever.transaction():
-                metas = [{"path": p, "labels": self.retriever.resolve_labels(names, self.limits.max_classes)}
-                         for p, names in zip(saved, per_image)]
+                try:
+                    metas = [{"path": p, "labels": self.retriever.resolve_labels(names, self.limits.max_classes)}
+                             for p, names in zip(saved, per_image)]
+                except DataError as err:
+                    raise InvalidRequestError(str(err)) from None
                 ids = self.index.add(codes, metadata=metas)
                 self.save()
                 count = len(self.index)
