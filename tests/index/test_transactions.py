@@ -438,3 +438,10 @@ def test_crafted_headers_with_fixed_checksums_are_refused(tmp_path):
             pytest.fail(what)
     rewrite(next_id=10)  # a larger next id is fine: ids 6..9 were used once
     assert open_index(path).next_id == 10
+    rewrite(next_id=2**63 - 2)  # the id space nearly used up: said so, never wrapped around
+    full = open_index(path)
+    full.add(np.zeros((1, 8), np.uint8))
+    with pytest.raises(ValueError, match="no ids left"):
+        full.add(np.zeros((1, 8), np.uint8))
+    with pytest.raises(ValueError, match="ids must be below 2"):
+        full.add(np.zeros((1, 8), np.uint8), ids=[2**63 - 1])

@@ -130,8 +130,12 @@ class Index(ABC):
         if metadata is not None and len(metadata) != m:
             raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
         if ids is None:
+            if self._next_id + m > MAX_ID:  # the next id must still fit in int64 afterwards
+                raise ValueError(f"no ids left: the next id is {self._next_id}, {m} more would pass 2^63-1")
             return np.arange(self._next_id, self._next_id + m, dtype=np.int64)
         new_ids = _as_ids(ids)
+        if m and new_ids.max() >= MAX_ID:
+            raise ValueError(f"ids must be below 2^63-1 (the next id must fit in int64), got {new_ids.max()}")
         if len(new_ids) != m:
             raise ValueError(f"got {len(new_ids)} ids for {m} codes")
         if m and new_ids.min() < 0:
@@ -340,7 +344,11 @@ class MetadataStore:
         off = self._offsets.view
         out = []
         for p in positions:
-            raw = self._bytes(int(off[p]), int(off[p + 1]))
+            start, end = int(off[p]), int(off[p + 1])
+            if not 0 <= start <= end <= self.nbytes:  # only an unverified, corrupted file gets here
+                raise IndexFileError(f"index metadata of the item at position {int(p)} is corrupted (offsets "
+                                     f"{start}..{end} outside its {self.nbytes} bytes)")
+            raw = self._bytes(start, end)
             try:
                 md = json.loads(raw) if raw else {}
             except ValueError:
