@@ -378,6 +378,11 @@ def test_lock_names_its_holder_waits_and_is_freed(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(IndexBusyError, match=f"PID {holder.pid} \\(holder\\)"):
             IndexLock(path).acquire()
+        # a save that skipped the lock (a library user, `attnhash demo --index-out`) is refused too
+        lockless = create_index("numpy", 16)
+        with pytest.raises(IndexBusyError, match=f"in use by PID {holder.pid} .*; nothing was written"):
+            lockless.save(path)
+        assert not os.path.exists(path)
     finally:
         holder.kill()
         holder.wait()

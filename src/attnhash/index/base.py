@@ -27,6 +27,7 @@ import numpy as np
 from attnhash.atomic import remove_stale_temps
 from attnhash.codes import as_packed, check_bits
 from attnhash.errors import ConflictError, IndexFileError, StorageError
+from attnhash.index.lock import check_not_locked_elsewhere
 
 __all__ = ["Index", "LocalIndex", "RangeResult", "PAD", "MAX_ID"]
 
@@ -633,12 +634,14 @@ class LocalIndex(Index):
 
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Write the file atomically. Saving over the file this index was loaded from (or last saved to) is
-        refused when that file has been replaced since (ConflictError): another writer's items would be lost.
-        A failed write raises StorageError; the old file stays as it was."""
+        """Write the file atomically. Refused (nothing written) when another process holds the file's writer
+        lock (IndexBusyError), or when saving over the file this index was loaded from (or last saved to) and
+        that file has been replaced since (ConflictError): another writer's items would be lost. A failed
+        write raises StorageError; the old file stays as it was."""
         from attnhash.index.fileformat import write_index_file
 
         path = str(path)
+        check_not_locked_elsewhere(path)
         if self.path is not None and os.path.abspath(path) == os.path.abspath(self.path):
             now = _file_state(path)
             if now is not None and self._file_state is not None and now != self._file_state:

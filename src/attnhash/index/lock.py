@@ -27,9 +27,10 @@ try:
 except ImportError:  # not a POSIX system
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["IndexLock", "IndexBusyError", "lock_path", "lock_holder"]
+__all__ = ["IndexLock", "IndexBusyError", "lock_path", "lock_holder", "check_not_locked_elsewhere"]
 
 _POLL_S = (0.02, 0.25)  # first and longest pause between tries while waiting
+_HELD: dict[str, int] = {}  # lock files this process holds (real path -> how many IndexLocks hold it)
 
 
 class IndexBusyError(ConflictError):
@@ -48,6 +49,29 @@ def lock_holder(index_path: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return holder if isinstance(holder, dict) else None
+
+
+def check_not_locked_elsewhere(index_path: str | os.PathLike) -> None:
+    """IndexBusyError when another process (or another IndexLock) holds the index's lock and this process
+    does not: a save that skipped the lock would erase that writer's work. A probe, not a lock: a writer
+    that means to keep the file takes IndexLock."""
+    if fcntl is None:
+        return
+    path = lock_path(index_path)
+    if os.path.realpath(path) in _HELD:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: nobody has ever locked this index
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise IndexBusyError(f"index {os.fspath(index_path)} is in use by {_describe(lock_holder(index_path))}; "
+                             "nothing was written (take the index's lock to write it: attnhash.index.lock."
+                             "IndexLock)") from None
+    finally:
+        os.close(fd)  # drops the probe's shared lock
 
 
 def _describe(holder: dict[str, Any] | None) -> str:
@@ -120,6 +144,8 @@ class IndexLock:
             os.close(fd)
             raise
         self._fd = fd
+        real = os.path.realpath(self.path)
+        _HELD[real] = _HELD.get(real, 0) + 1
         holder = {"pid": os.getpid(), "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
             os.ftruncate(fd, 0)
@@ -133,6 +159,11 @@ class IndexLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        real = os.path.realpath(self.path)
+        if _HELD.get(real, 0) <= 1:
+            _HELD.pop(real, None)
+        else:
+            _HELD[real] -= 1
         try:
             os.ftruncate(fd, 0)  # before unlocking: a stale name must never describe the next holder
         except OSError:
