@@ -114,6 +114,11 @@ class Index(ABC):
         except (TypeError, ValueError):
             return False
 
+    def transaction(self):
+        """A block whose changes are undone if it raises (LocalIndex). A backend that cannot undo its changes
+        says so instead of pretending."""
+        raise NotImplementedError(f"the {self.backend} backend cannot undo changes (no transactions)")
+
     # ---- persistence ----------------------------------------------------------------------------------
     @abstractmethod
     def save(self, path: str) -> None:
