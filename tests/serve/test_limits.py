@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import AUTH, TOKEN, local_client, png_bytes
+from serve_helpers import AUTH, TOKEN, fmnist_test_images, local_client, make_index_file, png_bytes
 
 from attnhash.data.images import REDUCING_GAP, decode_image_bytes, decode_image_reduced
 from attnhash.data.loader import resize_image
@@ -98,8 +98,8 @@ def test_pixel_budget_waits_in_order_and_refuses_after_waiting():
     assert budget.peak == 90 and budget.in_use == 0
 
 
-def test_per_request_and_global_pixel_budgets(index_file, big_png):
-    path, enc, _ = index_file
+def test_per_request_and_global_pixel_budgets(tmp_path, big_png):
+    path, enc, _ = make_index_file(tmp_path)
     limits = ServiceLimits(request_pixels=20_000_000, global_pixels=40_000_000, wait_s=0.3)
     app = create_app(path, encoder=enc, token=TOKEN, limits=limits)
     client = local_client(app)
@@ -120,8 +120,8 @@ def test_per_request_and_global_pixel_budgets(index_file, big_png):
     app.state.service.close()
 
 
-def test_bombs_and_oversized_images_are_refused_before_decoding(index_file):
-    path, enc, _ = index_file
+def test_bombs_and_oversized_images_are_refused_before_decoding(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc, token=None)
     client = local_client(app)
     for w, h in ((20_000, 20_000), (10_000, 10_000), (7000, 6000)):  # 400, 100 and 42 MP
@@ -139,10 +139,11 @@ def test_bombs_and_oversized_images_are_refused_before_decoding(index_file):
     assert r.status_code == 415 and "Decompressed data too large" in r.json()["detail"]
 
 
-def test_saturation_answers_503_with_retry_after(index_file, fmnist_pics):
+def test_saturation_answers_503_with_retry_after(tmp_path):
     """With every place taken, a request waits up to wait_s, then gets 503 + Retry-After; the health check
     still answers; once a place is free, requests are served again."""
-    path, enc, _ = index_file
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     gate = threading.Event()
     real = enc.encode_images
 
@@ -198,8 +199,8 @@ def _find(app, name):
     return None
 
 
-def test_thumbnails_are_decoded_once_and_cached_per_size(index_file, tmp_path):
-    path, enc, _ = index_file
+def test_thumbnails_are_decoded_once_and_cached_per_size(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc, token=TOKEN, upload_dir=str(tmp_path / "up"))
     client = local_client(app)
     svc = app.state.service
@@ -222,8 +223,8 @@ def test_thumbnails_are_decoded_once_and_cached_per_size(index_file, tmp_path):
     svc.close()
 
 
-def test_caps_on_k_and_radius_answers_say_how_many_matched(index_file):
-    path, enc, _ = index_file
+def test_caps_on_k_and_radius_answers_say_how_many_matched(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     client = local_client(create_app(path, encoder=enc, token=None, max_k=10))
     body = client.get("/api/search/by-id/3", params={"radius": 64}).json()
     assert body["total"] == 100 and body["truncated"] is True and len(body["results"]) == 10

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import AUTH, TOKEN, local_client, png_bytes
+from serve_helpers import AUTH, TOKEN, fmnist_test_images, local_client, make_index_file, png_bytes
 
 from attnhash.codefile import CodeSet
 from attnhash.errors import ConfigError, IndexFileError
@@ -33,9 +33,10 @@ def add(client, fmnist, i=0, labels=None, headers=AUTH, **extra):
                        data=data, headers={**headers, **extra})
 
 
-def test_writes_are_off_without_a_token(index_file, fmnist_pics, monkeypatch):
+def test_writes_are_off_without_a_token(tmp_path, monkeypatch):
+    fmnist_pics = fmnist_test_images()
     monkeypatch.delenv("ATTNHASH_TOKEN", raising=False)
-    path, enc, _ = index_file
+    path, enc, _ = make_index_file(tmp_path)
     client = local_client(create_app(path, encoder=enc))
     r = add(client, fmnist_pics, headers={})
     assert r.status_code == 403 and "writes are disabled" in r.json()["detail"] and "ATTNHASH_TOKEN" in r.json()["detail"]
@@ -48,9 +49,10 @@ def test_writes_are_off_without_a_token(index_file, fmnist_pics, monkeypatch):
     assert r.status_code == 200
 
 
-def test_token_from_the_environment_origin_and_sec_fetch_site(index_file, fmnist_pics, monkeypatch):
+def test_token_from_the_environment_origin_and_sec_fetch_site(tmp_path, monkeypatch):
+    fmnist_pics = fmnist_test_images()
     monkeypatch.setenv("ATTNHASH_TOKEN", TOKEN)
-    path, enc, _ = index_file
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc)
     client = local_client(app)
     r = add(client, fmnist_pics, headers={})
@@ -95,8 +97,8 @@ def test_token_file(tmp_path):
         load_token(str(tmp_path / "missing"))
 
 
-def test_foreign_host_headers_are_refused(index_file):
-    path, enc, _ = index_file
+def test_foreign_host_headers_are_refused(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc, token=None)
     client = local_client(app)
     assert client.get("/api/health").status_code == 200
@@ -110,8 +112,8 @@ def test_foreign_host_headers_are_refused(index_file):
     assert named.get("/api/health").status_code == 400
 
 
-def test_item_ids_outside_int64_are_client_errors(index_file):
-    path, enc, _ = index_file
+def test_item_ids_outside_int64_are_client_errors(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc, token=TOKEN)
     client = local_client(app)
     for bad in (2**128, 2**64, 2**63, -1, "1e3", "abc"):
@@ -123,8 +125,9 @@ def test_item_ids_outside_int64_are_client_errors(index_file):
     app.state.service.close()
 
 
-def test_limits_on_labels_and_class_names(index_file, fmnist_pics):
-    path, enc, _ = index_file
+def test_limits_on_labels_and_class_names(tmp_path):
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     limits = ServiceLimits(max_labels_per_item=4, max_label_chars=12, max_classes=13)
     app = create_app(path, encoder=enc, token=TOKEN, limits=limits)
     client = local_client(app)
@@ -146,8 +149,9 @@ def test_limits_on_labels_and_class_names(index_file, fmnist_pics):
     app.state.service.close()
 
 
-def test_uploads_folder_quota(index_file, fmnist_pics, tmp_path):
-    path, enc, _ = index_file
+def test_uploads_folder_quota(tmp_path):
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     limits = ServiceLimits(uploads_max_files=2)
     upload_dir = tmp_path / "uploads"
     app = create_app(path, encoder=enc, token=TOKEN, limits=limits, upload_dir=str(upload_dir))
@@ -173,13 +177,14 @@ def test_uploads_folder_quota(index_file, fmnist_pics, tmp_path):
     app.state.service.close()
 
 
-def test_full_disk_during_an_add_loses_nothing(index_file, fmnist_pics, monkeypatch, tmp_path):
+def test_full_disk_during_an_add_loses_nothing(monkeypatch, tmp_path):
     """Injected ENOSPC in the index write: 507, nothing added (not searchable, upload deleted), the file as
     before; then the disk has room and the next add works and the file opens (issue 13: it did not)."""
     import errno
     from contextlib import contextmanager
 
-    path, enc, _ = index_file
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     app = create_app(path, encoder=enc, token=TOKEN, upload_dir=str(tmp_path / "up"))
     client = local_client(app)
     real_open = fileformat_module.atomic_open
@@ -242,11 +247,12 @@ def _cli(*args, **kwargs):
                           env=env, timeout=120, **kwargs)
 
 
-def test_cli_writer_and_service_never_lose_items(index_file, fmnist_pics, tmp_path):
+def test_cli_writer_and_service_never_lose_items(tmp_path):
     """The case of issue 13: `index add` on the file a service uses, then an API add. Now the CLI is refused
     while the service holds the file, the API add is kept, and the CLI's add after the service has gone (or
     waiting for it with --wait) is kept too: no item lost, no id issued twice."""
-    path, enc, _ = index_file
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     pics = fmnist_pics[0]
     codes_a = _codes_file(tmp_path, enc, pics, 120, 5, "a")
     codes_b = _codes_file(tmp_path, enc, pics, 130, 5, "b")
@@ -277,8 +283,9 @@ def test_cli_writer_and_service_never_lose_items(index_file, fmnist_pics, tmp_pa
     assert len(final) == 111 and len(np.unique(ids)) == 111 and ids.max() == 110
 
 
-def test_two_cli_writers_keep_every_item_they_report(index_file, fmnist_pics, tmp_path):
-    path, enc, _ = index_file
+def test_two_cli_writers_keep_every_item_they_report(tmp_path):
+    fmnist_pics = fmnist_test_images()
+    path, enc, _ = make_index_file(tmp_path)
     pics = fmnist_pics[0]
     files = [_codes_file(tmp_path, enc, pics, 100 + 5 * j, 5, f"w{j}") for j in range(4)]
     env = {**os.environ, "PYTHONPATH": SRC}
@@ -300,8 +307,8 @@ def test_two_cli_writers_keep_every_item_they_report(index_file, fmnist_pics, tm
     assert 3 in open_index(path)
 
 
-def test_service_waits_for_the_lock_or_names_the_holder(index_file):
-    path, enc, _ = index_file
+def test_service_waits_for_the_lock_or_names_the_holder(tmp_path):
+    path, enc, _ = make_index_file(tmp_path)
     holder = IndexLock(path, "attnhash index add (a test)").acquire()
     with pytest.raises(IndexBusyError, match=r"in use by PID \d+ \(attnhash index add \(a test\)\)"):
         create_app(path, encoder=enc, token=TOKEN)
