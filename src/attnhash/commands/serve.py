@@ -57,8 +57,9 @@ def allowed_hosts(names: str | None, host: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from attnhash.serve import create_app, run_server
     from attnhash.serve.guard import load_token
-    from attnhash.serve.limits import ServiceLimits
+    from attnhash.serve.limits import ServiceLimits, return_large_frees_to_the_os
 
+    return_large_frees_to_the_os()  # decoded uploads are large: give their memory back when done
     limits = ServiceLimits(max_k=args.max_k, max_upload_mb=args.max_upload_mb, max_active=args.max_concurrent,
                            max_waiting=4 * args.max_concurrent, global_pixels=int(args.pixel_budget_mp * 1e6),
                            uploads_max_mb=args.uploads_max_mb)

@@ -150,7 +150,7 @@ class SearchService:
             raise InvalidRequestError(f"radius must be between 0 and {self.index.bits}, got {radius}")
         return k, radius
 
-    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> dict[str, Any]:
+    def answer(self, codes: np.ndarray, k: int | None, radius: int | None) -> dict[str, Any]:
         """{"results": hits (at most max_k), "total": how many matched, "truncated": whether hits were cut}."""
         with self.lock.read():
             answer = self.retriever.search_answers(codes, k=k, radius=radius, max_results=self.max_k)[0]
@@ -158,6 +158,10 @@ class SearchService:
             h["thumbnail"] = f"/api/items/{h['id']}/image"
         self._count("searches")
         return answer
+
+    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> list[dict[str, Any]]:
+        """The hits of one query code (at most max_k; `answer` also says how many matched)."""
+        return self.answer(codes, k, radius)["results"]
 
     def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an uploaded image."""
@@ -180,7 +184,7 @@ class SearchService:
         return self._answer({"id": item_id}, code, k, radius, t0)
 
     def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float) -> dict[str, Any]:
-        answer = self.results(code, k, radius)
+        answer = self.answer(code, k, radius)
         return {"query": {**query, "code": code[0].tobytes().hex(), "k": k, "radius": radius}, **answer,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
