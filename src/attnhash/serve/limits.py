@@ -17,12 +17,13 @@ from attnhash.data.images import ImageTooLargeError
 from attnhash.errors import StorageError, UnavailableError
 
 
-def return_large_frees_to_the_os(threshold: int = 1 << 20) -> bool:
+def return_large_frees_to_the_os(threshold: int = 8 << 20) -> bool:
     """Make freed blocks of `threshold` bytes and more go back to the OS at once (glibc; elsewhere a no-op,
     False). glibc raises its mmap threshold to the size of each large block freed (up to 32 MB), after which
-    such blocks come from per-thread arenas that keep them: with images of tens of MB decoded on up to 40
-    request threads, that held ~500 MB after three bursts of 36-megapixel uploads. Process-wide: the serve
-    command calls it, a library user may."""
+    such blocks come from per-thread arenas that keep them: with images decoded in Pillow's 16 MB blocks on
+    up to 40 request threads, that held ~500 MB after three bursts of 36-megapixel uploads. 8 MB: image
+    blocks are mapped on their own, smaller allocations (the network's activations) stay in the arenas.
+    Process-wide: the serve command calls it, a library user may."""
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
