@@ -9,16 +9,21 @@ not tempfile's 0600: split files, indexes and benchmark results are shared by a 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 
+def _temp_name(path: str | Path, pid: int) -> str:
+    return f".{os.path.basename(path)}.{pid}-{secrets.token_hex(4)}.tmp"
+
+
 def _new_temp(path: str | Path) -> tuple[int, str]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(folder, _temp_name(path, os.getpid()))
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp  # O_EXCL: the name is ours
 
 
@@ -80,3 +85,39 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[str]:
+    """Delete the temporary files that writers of `path` killed mid-write left behind; returns their names.
+
+    A temporary file names its writer's PID; it is stale when that process is gone (a live writer's file, in
+    this process or another, is left alone). Files that cannot be listed or deleted are skipped: a reader in a
+    read-only folder can still call this.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(r"\." + re.escape(os.path.basename(path)) + r"\.(\d+)-[0-9a-f]{8}\.tmp")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed

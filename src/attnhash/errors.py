@@ -31,3 +31,11 @@ class InvalidRequestError(AttnHashError, ValueError):
 
 class UnavailableError(AttnHashError):
     """The service cannot do this now (no model loaded, saturated); the request may be retried."""
+
+
+class ConflictError(AttnHashError):
+    """Another writer holds or has changed what this one meant to change (an index file in use, replaced)."""
+
+
+class StorageError(AttnHashError):
+    """A file could not be written (disk full, no permission, quota reached); what was being changed is not."""

@@ -92,3 +92,82 @@ def test_refuses_another_model_and_corrupted_files(setup, capsys, tmp_path):
 
     code, _, err = run_cli(capsys, "search", root / "missing.idx", images[0])
     assert code == 2 and "does not exist" in err
+
+
+def _zero_png(path, width: int, height: int) -> str:
+    """A grey PNG of zeros made without decoding it (a 20000 x 20000 decompression bomb is 390 KB)."""
+    import struct
+    import zlib
+
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(b"\0" * (width + 1)) for _ in range(height)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    head = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_one_writer_at_a_time(setup, capsys, tmp_path):
+    import threading
+
+    from attnhash.index.lock import IndexLock
+
+    root, run, _, _, _ = setup
+    idx = str(tmp_path / "w.idx")
+    assert run_cli(capsys, "index", "build", run, "--images", root / "images", "--out", idx)[0] == 0
+    with IndexLock(idx, "attnhash serve w.idx"):
+        for argv in (("index", "add", idx, "--images", root / "more"), ("index", "remove", idx, 3),
+                     ("index", "build", run, "--images", root / "images", "--out", idx, "--force")):
+            code, out, err = run_cli(capsys, *argv)
+            assert code == 2 and out == "", argv
+            assert f"is in use by PID {os.getpid()} (attnhash serve w.idx)" in err and "--wait" in err
+            assert len(err.strip().splitlines()) == 1
+    assert len(open_index(idx)) == 40
+    holder = IndexLock(idx, "a slow writer").acquire()
+    threading.Timer(0.5, holder.release).start()
+    code, out, _ = run_cli(capsys, "index", "remove", idx, 3, "--wait", 30)
+    assert code == 0 and "removed 1 of 1 ids" in out
+
+
+def test_item_ids_k_and_radius_caps(setup, capsys, tmp_path):
+    root, run, _, _, _ = setup
+    idx = str(tmp_path / "c.idx")
+    assert run_cli(capsys, "index", "build", run, "--images", root / "images", "--out", idx)[0] == 0
+    for argv in (("index", "remove", idx, 2**128), ("search", idx, "--id", 2**64), ("search", idx, "--id", -1)):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in argv])
+        assert exit_info.value.code == 2
+        assert "item ids run from 0 to 2^63-1" in capsys.readouterr().err
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"3\n{2**70}\n")
+    code, _, err = run_cli(capsys, "index", "remove", idx, "--ids-file", ids_file)
+    assert code == 2 and "ids.txt: cannot read ids (item ids run from 0 to 2^63-1" in err
+    # k beyond --max-results is refused in one line; a huge cap asks only for what the index holds
+    code, _, err = run_cli(capsys, "search", idx, "--id", 3, "--k", 1_000_000_000)
+    assert code == 2 and "--k 1000000000 is more than --max-results 1000" in err
+    code, out, _ = run_cli(capsys, "search", idx, "--id", 3, "--k", 1_000_000_000, "--max-results", 2_000_000_000,
+                           "--json")
+    answer = json.loads(out)[0]
+    assert code == 0 and len(answer["results"]) == 40 and answer["total"] == 40 and not answer["truncated"]
+    # a radius answer cut by --max-results says how many matched, in the table and in JSON
+    code, out, _ = run_cli(capsys, "search", idx, "--id", 3, "--radius", 16, "--max-results", 5, "--json")
+    answer = json.loads(out)[0]
+    assert (answer["total"], answer["truncated"], len(answer["results"])) == (40, True, 5)
+    code, out, _ = run_cli(capsys, "search", idx, "--id", 3, "--radius", 16, "--max-results", 5)
+    assert "radius 16, 40 results, the first 5 shown (--max-results)" in out
+
+
+def test_decompression_bombs_are_one_line_errors(setup, capsys, tmp_path):
+    root, run, _, _, _ = setup
+    idx = str(tmp_path / "b.idx")
+    assert run_cli(capsys, "index", "build", run, "--images", root / "images", "--out", idx)[0] == 0
+    bomb = _zero_png(tmp_path / "bomb.png", 20_000, 20_000)  # 400 megapixels in 390 KB
+    for argv in (("encode", run, "--images", bomb, "--out", tmp_path / "x.npz"), ("search", idx, bomb),
+                 ("explain", run, bomb, "--out", tmp_path / "x.png")):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert "bomb.png" in err and "exceeds limit" in err

@@ -6,28 +6,18 @@ import io
 import os
 import re
 import threading
-import warnings
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import AUTH, TOKEN, local_client, png_bytes
 
 from attnhash.errors import IndexFileError
 from attnhash.index import create_index, open_index
 from attnhash.serve import BackgroundServer, create_app
 from attnhash.serve.batching import MicroBatcher
 from index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's note about httpx versions
-    from fastapi.testclient import TestClient
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +45,9 @@ def served(tmp_path, images):
                                                               for p, c in zip(paths, labels[:100])])
     path = str(tmp_path / "s.idx")
     index.save(path)
-    app = create_app(path, encoder=enc, max_upload_mb=0.5)
-    return TestClient(app), path, enc, index
+    app = create_app(path, encoder=enc, max_upload_mb=0.5, token=TOKEN)
+    yield local_client(app), path, enc, index
+    app.state.service.close()
 
 
 def test_health_stats_and_page(served):
@@ -112,7 +103,7 @@ def test_search_by_id_and_item_endpoints(served):
 
 def test_radius_tables_built_at_start(served):
     _, path, enc, index = served
-    client = TestClient(create_app(path, encoder=enc, radius_tables=True))
+    client = local_client(create_app(path, encoder=enc, radius_tables=True, token=None))
     for _ in range(200):
         if client.get("/api/stats").json()["radius_tables"] == "built":
             break
@@ -151,7 +142,8 @@ def test_add_and_remove_persist_atomically(served, images, tmp_path):
     client, path, enc, _ = served
     pics, _ = images
     files = [("images", (f"n{i}.png", png_bytes(pics[100 + i]), "image/png")) for i in range(3)]
-    r = client.post("/api/items", files=files, data={"labels": ["class2", "new-class", "class2,class4"]})
+    r = client.post("/api/items", files=files, data={"labels": ["class2", "new-class", "class2,class4"]},
+                    headers=AUTH)
     assert r.status_code == 201, r.text
     assert r.json() == {"ids": [100, 101, 102], "count": 103}
     on_disk = open_index(path)  # the file was rewritten before the reply
@@ -163,20 +155,21 @@ def test_add_and_remove_persist_atomically(served, images, tmp_path):
     hits = client.post("/api/search", files={"image": ("q.png", png_bytes(pics[101]), "image/png")}).json()["results"]
     assert hits[0]["id"] == 101 and hits[0]["label_names"] == ["new-class"]
 
-    assert client.delete("/api/items/100").json() == {"removed": 100, "count": 102}
-    assert client.delete("/api/items/100").status_code == 404
+    assert client.delete("/api/items/100", headers=AUTH).json() == {"removed": 100, "count": 102}
+    assert client.delete("/api/items/100", headers=AUTH).status_code == 404
     assert not os.path.exists(uploaded)  # the service's copy of the upload goes with the item
     assert 100 not in open_index(path) and len(open_index(path)) == 102
-    r = client.post("/api/items", files=[("images", ("x.txt", b"no", "text/plain"))])
+    r = client.post("/api/items", files=[("images", ("x.txt", b"no", "text/plain"))], headers=AUTH)
     assert r.status_code == 415 and len(open_index(path)) == 102
 
 
 def test_model_mismatch_and_missing_model(served, images):
-    _, path, _, _ = served
+    client, path, _, _ = served
+    client.app.state.service.close()  # the writer's lock: a second writing service on the file takes it
     with pytest.raises(IndexFileError, match="was built by model with fingerprint"):
-        create_app(path, encoder=FakeEncoder(64, seed=5))
+        create_app(path, encoder=FakeEncoder(64, seed=5), token=TOKEN)
     # the recorded run folder does not exist: searches by id still work, by image get 503 with the reason
-    client = TestClient(create_app(path))
+    client = local_client(create_app(path, token=None))
     assert client.get("/api/health").json()["model_loaded"] is False
     assert client.get("/api/search/by-id/3").status_code == 200
     r = client.post("/api/search", files={"image": ("q.png", png_bytes(images[0][0]), "image/png")})
@@ -184,9 +177,10 @@ def test_model_mismatch_and_missing_model(served, images):
 
 
 def test_concurrent_searches_adds_and_removes(served, images):
-    _, path, enc, _ = served
+    client, path, enc, _ = served
+    client.app.state.service.close()
     pics, _ = images
-    app = create_app(path, encoder=enc)
+    app = create_app(path, encoder=enc, token=TOKEN)
     errors: list[str] = []
     added: list[int] = []
     queries = [png_bytes(p) for p in pics[:16]]
@@ -203,7 +197,7 @@ def test_concurrent_searches_adds_and_removes(served, images):
                         errors.append("by-id failed")
 
         def writer() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as c:
+            with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as c:
                 for j in range(6):
                     r = c.post("/api/items", files=[("images", ("a.png", queries[j], "image/png"))])
                     if r.status_code != 201:
@@ -233,7 +227,7 @@ def test_real_encoder_end_to_end(tmp_path):
         pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
     run = make_tiny_run(str(tmp_path / "run"))
     assert main(["index", "build", run, "--images", str(tmp_path / "images"), "--out", str(tmp_path / "r.idx")]) == 0
-    client = TestClient(create_app(str(tmp_path / "r.idx")))  # loads the run recorded in the index
+    client = local_client(create_app(str(tmp_path / "r.idx"), token=None))  # loads the run recorded in the index
     assert client.get("/api/health").json()["model_loaded"] is True
     with open(paths[4], "rb") as f:
         hits = client.post("/api/search", files={"image": ("q.png", f.read(), "image/png")},

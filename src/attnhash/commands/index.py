@@ -11,6 +11,20 @@ import numpy as np
 
 from attnhash.errors import DataError
 
+_WAIT_HELP = ("if another writer holds the index (a service, another `index` command), wait up to this many "
+              "seconds for it (default: fail at once, naming it)")
+
+
+def item_id(text: str) -> int:
+    """An argparse type: an item id, 0 to 2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an item id: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"item ids run from 0 to 2^63-1, got {text}")
+    return value
+
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="build and maintain an index file (codes + ids + metadata + model fingerprint)")
@@ -35,6 +49,8 @@ def register(sub) -> None:
     b.add_argument("--force", action="store_true", help="overwrite an existing index file")
     b.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
+
+    b.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     b.set_defaults(func=run_build)
 
     a = isub.add_parser("add", help="encode more images and add them to an index file")
@@ -49,12 +65,15 @@ def register(sub) -> None:
     a.add_argument("--device", default="auto")
     a.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
+
+    a.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     a.set_defaults(func=run_add)
 
     r = isub.add_parser("remove", help="remove items by id")
     r.add_argument("index", help="index file")
-    r.add_argument("ids", nargs="*", type=int, help="ids to remove")
+    r.add_argument("ids", nargs="*", type=item_id, help="ids to remove")
     r.add_argument("--ids-file", help="a text file with one id per line")
+    r.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     r.set_defaults(func=run_remove)
 
     i = isub.add_parser("info", help="describe an index file and check its integrity")
@@ -72,7 +91,24 @@ def _open_source(args):
     return source, indices
 
 
+def _writer_lock(path: str, args: argparse.Namespace):
+    """The index's writer lock, held from before it is read until after it is saved (one writer at a time)."""
+    from attnhash.index.lock import IndexLock
+
+    return IndexLock(path, f"attnhash index {args.index_command} {path}", wait=args.wait)
+
+
 def run_build(args: argparse.Namespace) -> int:
+    from attnhash.inference.distributed import Distributed
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if not Distributed.from_env().is_main:  # under torchrun only the first process writes the index
+        return _build(args)
+    with _writer_lock(args.out, args):
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
     from attnhash.data import Skipped
     from attnhash.inference.distributed import Distributed
@@ -128,6 +164,11 @@ def _report_skipped(skipped, output: str) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    with _writer_lock(args.index, args):
+        return _add(args)
+
+
+def _add(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
     from attnhash.data import Skipped
     from attnhash.retrieval import Retriever
@@ -149,17 +190,22 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from attnhash.index import open_index
-
     ids = list(args.ids)
     if args.ids_file:
         try:
             with open(args.ids_file) as f:
-                ids += [int(line) for line in f if line.strip()]
-        except (OSError, ValueError) as err:
+                ids += [item_id(line.strip()) for line in f if line.strip()]
+        except (OSError, argparse.ArgumentTypeError) as err:
             raise DataError(f"{args.ids_file}: cannot read ids ({err})") from None
     if not ids:
         raise DataError("no ids given")
+    with _writer_lock(args.index, args):
+        return _remove(args, ids)
+
+
+def _remove(args: argparse.Namespace, ids: list[int]) -> int:
+    from attnhash.index import open_index
+
     index = open_index(args.index)
     removed = index.remove(np.asarray(ids, dtype=np.int64))
     if removed:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-__all__ = ["open_image", "decode_image_bytes", "to_rgb_array", "PIL_ERRORS"]
+__all__ = ["open_image", "decode_image_bytes", "decode_image_reduced", "to_rgb_array", "PIL_ERRORS",
+           "REDUCING_GAP"]
 
 # Raised by Pillow for unreadable, truncated or hostile files; SyntaxError comes from some plugin parsers.
 PIL_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
@@ -101,6 +104,78 @@ def decode_image_bytes(data: bytes, name: str = "image", formats: tuple[str, ...
     except ImageTooLargeError:
         raise
     except PIL_ERRORS as exc:
+        reason = "unrecognised file format" if isinstance(exc, UnidentifiedImageError) else _reason(exc)
+        accepted = f" in {', '.join(formats)}" if formats else ""
+        raise NotAnImageError(f"{name}: not an image{accepted} ({reason})") from None
+
+
+# modes Image.reduce takes whose colours mean the same after pil_to_rgb (reducing RGBA premultiplies alpha)
+_REDUCIBLE = ("L", "I", "F", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+REDUCING_GAP = 3  # decode/shrink to at least 3x the size asked: the final resize then looks like one from full size
+
+
+def decode_image_reduced(source: bytes | str | os.PathLike, name: str, size: tuple[int, int], *,
+                         keep_aspect: bool = False, formats: tuple[str, ...] | None = None,
+                         max_pixels: int | None = None, reduce_above: int = 0,
+                         admit: Callable[[int], AbstractContextManager] | None = None) -> np.ndarray:
+    """Decode an image (bytes or a file) for a later resize to `size` (w, h), reading no more pixels than that
+    needs: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (Pillow's draft mode), any image is
+    then shrunk by whole factors (box filter) while it keeps REDUCING_GAP x `size`, and only then converted to
+    RGB (a 36-megapixel grey PNG costs its 36 MB, not the ~340 MB of a full-size RGB copy and array).
+
+    `keep_aspect`: the later resize fits the image in the `size` box (a thumbnail), so both sides shrink by
+    one factor; otherwise each side is shrunk for its own target (the network squashes images to a square).
+    Images of at most `reduce_above` pixels are decoded whole, exactly as `decode_image_bytes` does (a
+    reduced decode differs by about 0.2 (PNG) to 0.7 (JPEG) grey levels in 255 after the final resize).
+    `max_pixels` refuses larger images from their header (ImageTooLargeError); `admit(pixels)` is entered
+    with the number of pixels about to be decoded (after the JPEG scaling) and held while they are in memory:
+    a budget can wait there, or refuse. Returns H x W x 3 uint8; a file that is not a readable image of
+    `formats` is a NotAnImageError naming `name`.
+    """
+    from attnhash.errors import AttnHashError
+
+    what = source if isinstance(source, bytes) else None
+    if what is not None and not what:
+        raise DataError(f"{name}: empty file, expected an image")
+    tw, th = max(1, int(size[0])), max(1, int(size[1]))
+
+    def opened() -> Image.Image:
+        return Image.open(io.BytesIO(what) if what is not None else source, formats=formats)
+
+    try:
+        with opened() as img:
+            img.verify()  # structure and checksums, without decoding the pixels
+        with opened() as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(f"{name}: {w}x{h} pixels, more than {max_pixels:,}")
+            if keep_aspect:
+                scale = min(tw / w, th / h)
+                want = (max(1, int(w * scale * REDUCING_GAP)), max(1, int(h * scale * REDUCING_GAP)))
+            else:
+                want = (tw * REDUCING_GAP, th * REDUCING_GAP)
+            if w * h <= reduce_above:
+                want = (w, h)
+            img.draft(None, want)  # JPEG only: decode at the smallest 1/2^k scale still >= want; others: no-op
+            with admit(img.width * img.height) if admit is not None else nullcontext():
+                img.load()
+                fx, fy = max(1, img.width // want[0]), max(1, img.height // want[1])
+                if keep_aspect:
+                    fx = fy = min(fx, fy)
+                if fx == 1 and fy == 1:
+                    return pil_to_rgb(img)
+                if img.mode not in _REDUCIBLE:  # palette, 1-bit, 16-bit or alpha: the mode pil_to_rgb goes through
+                    img = img.convert("L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else "RGB")
+                return pil_to_rgb(img.reduce((fx, fy)))
+    except AttnHashError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked on opening
+        raise ImageTooLargeError(f"{name}: {_reason(exc)}") from None
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such image file") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise many types on hostile input
         reason = "unrecognised file format" if isinstance(exc, UnidentifiedImageError) else _reason(exc)
         accepted = f" in {', '.join(formats)}" if formats else ""
         raise NotAnImageError(f"{name}: not an image{accepted} ({reason})") from None

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnhash.index.base import PAD, Index, LocalIndex, RangeResult
+from attnhash.index.base import MAX_ID, PAD, Index, LocalIndex, RangeResult
 from attnhash.index.fileformat import read_header, verify_file
 from attnhash.registry import Registry
 
-__all__ = ["Index", "LocalIndex", "RangeResult", "PAD", "BACKENDS", "create_index", "open_index", "read_header",
+__all__ = ["Index", "LocalIndex", "RangeResult", "PAD", "MAX_ID", "BACKENDS", "create_index", "open_index", "read_header",
            "verify_file", "get_backend"]
 
 # Imported on first use: pymilvus alone takes seconds to import.

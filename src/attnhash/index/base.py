@@ -12,20 +12,27 @@ Conventions (all backends, checked against the numpy reference by the tests):
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 
+from attnhash.atomic import remove_stale_temps
 from attnhash.codes import as_packed, check_bits, code_bytes
-from attnhash.errors import IndexFileError
+from attnhash.errors import ConflictError, IndexFileError, StorageError
+from attnhash.index.lock import check_not_locked_elsewhere
 
-__all__ = ["Index", "LocalIndex", "RangeResult", "PAD"]
+__all__ = ["Index", "LocalIndex", "RangeResult", "PAD", "MAX_ID"]
 
 PAD = -1  # id and distance used to pad top-k rows when the index holds fewer than k items
+MAX_ID = 2**63 - 1  # ids are int64
 RangeResult = list[tuple[np.ndarray, np.ndarray]]
 
 
@@ -107,6 +114,11 @@ class Index(ABC):
         except (TypeError, ValueError):
             return False
 
+    def transaction(self):
+        """A block whose changes are undone if it raises (LocalIndex). A backend that cannot undo its changes
+        says so instead of pretending."""
+        raise NotImplementedError(f"the {self.backend} backend cannot undo changes (no transactions)")
+
     # ---- persistence ----------------------------------------------------------------------------------
     @abstractmethod
     def save(self, path: str) -> None:
@@ -124,8 +136,12 @@ class Index(ABC):
         if metadata is not None and len(metadata) != m:
             raise ValueError(f"got {len(metadata)} metadata entries for {m} codes")
         if ids is None:
+            if self._next_id + m > MAX_ID:  # the next id must still fit in int64 afterwards
+                raise ValueError(f"no ids left: the next id is {self._next_id}, {m} more would pass 2^63-1")
             return np.arange(self._next_id, self._next_id + m, dtype=np.int64)
         new_ids = _as_ids(ids)
+        if m and new_ids.max() >= MAX_ID:
+            raise ValueError(f"ids must be below 2^63-1 (the next id must fit in int64), got {new_ids.max()}")
         if len(new_ids) != m:
             raise ValueError(f"got {len(new_ids)} ids for {m} codes")
         if m and new_ids.min() < 0:
@@ -190,8 +206,12 @@ def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if arr.dtype == object and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in arr.flat):
+        raise ValueError(f"ids must be integers from 0 to 2^63-1, got {max(arr.flat, key=abs)}")  # beyond 64 bits
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and (arr > MAX_ID).any():
+        raise ValueError(f"ids must be integers from 0 to 2^63-1, got {int(arr.max())}")
     return arr.astype(np.int64, copy=False).ravel()
 
 
@@ -229,6 +249,14 @@ class Column:
         self._buf = np.ascontiguousarray(self.view[keep])
         self._n = len(self._buf)
 
+    # Appends write past the end (or into a new buffer) and compaction makes a new buffer, so the first n
+    # rows of a buffer never change once written: (buffer, n) is enough to undo either.
+    def state(self) -> tuple[np.ndarray, int]:
+        return self._buf, self._n
+
+    def restore(self, state: tuple[np.ndarray, int]) -> None:
+        self._buf, self._n = state
+
 
 class MetadataStore:
     """Per-item metadata as compact JSON blobs: an offsets array (n+1) over a byte buffer.
@@ -236,13 +264,19 @@ class MetadataStore:
     The buffer is a base segment (possibly memory-mapped from the index file) followed by appended bytes, so
     loading is O(1) and reading one item decodes only that item. Items without metadata cost nothing until
     the first item with metadata arrives (then an offsets array is made).
+
+    Appended bytes are kept as immutable chunks, merged as they accumulate (two neighbours of similar size
+    become one, so there are O(log n) chunks and each byte is copied O(log n) times). Immutable, because a
+    save exports them to the writer: a bytearray exported by a failed save (its traceback still alive) could
+    never be resized again, and every later add would fail half-way.
     """
 
     def __init__(self, n: int = 0, offsets: np.ndarray | None = None, blob: np.ndarray | None = None) -> None:
         self._n = n
         self._offsets = Column(offsets) if offsets is not None else None
         self._base = blob if blob is not None else np.zeros(0, dtype=np.uint8)
-        self._extra = bytearray()
+        self._chunks: list[bytes] = []
+        self._ends: list[int] = []  # end of each chunk, counted from the end of the base segment
 
     def __len__(self) -> int:
         return self._n
@@ -252,21 +286,42 @@ class MetadataStore:
         return self._offsets is None
 
     @property
+    def _extra_len(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @property
     def nbytes(self) -> int:
-        return len(self._base) + len(self._extra)
+        return len(self._base) + self._extra_len
 
     def _bytes(self, start: int, end: int) -> bytes:
         b0 = len(self._base)
         if end <= b0:
             return self._base[start:end].tobytes()
-        if start >= b0:
-            return bytes(self._extra[start - b0 : end - b0])
-        return self._base[start:].tobytes() + bytes(self._extra[: end - b0])
+        parts = []
+        if start < b0:
+            parts.append(self._base[start:].tobytes())
+            start = b0
+        s, e = start - b0, end - b0
+        i = bisect_right(self._ends, s)  # the chunk that holds byte s
+        while s < e:
+            first = self._ends[i - 1] if i else 0
+            take = self._chunks[i][s - first : min(e, self._ends[i]) - first]
+            parts.append(take)
+            s += len(take)
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def append(self, metas: Sequence[dict[str, Any] | None] | None, m: int) -> None:
+    @staticmethod
+    def encode(metas: Sequence[dict[str, Any] | None] | None) -> list[bytes]:
+        """The JSON blobs of these items (b"" for none); raises before anything is stored."""
+        return [b"" if not md else _json_bytes(md) for md in (metas or ())]
+
+    def append(self, metas: Sequence[dict[str, Any] | None] | None, m: int,
+               blobs: list[bytes] | None = None) -> None:
         if metas is not None and len(metas) != m:
             raise ValueError(f"got {len(metas)} metadata entries for {m} codes")
-        blobs = [b"" if not md else _json_bytes(md) for md in (metas or ())]
+        if blobs is None:
+            blobs = self.encode(metas)
         if self._offsets is None:
             if not any(blobs):
                 self._n += m
@@ -277,7 +332,15 @@ class MetadataStore:
         lengths = np.fromiter((len(b) for b in blobs), dtype=np.uint64, count=m)
         end = int(self._offsets.view[-1])
         self._offsets.extend(end + np.cumsum(lengths, dtype=np.uint64))
-        self._extra += b"".join(blobs)
+        joined = b"".join(blobs)
+        if joined:
+            self._chunks.append(joined)
+            self._ends.append(self._extra_len + len(joined))
+            while len(self._chunks) > 1 and len(self._chunks[-2]) <= len(self._chunks[-1]):
+                last = self._chunks.pop()
+                self._ends.pop()
+                self._chunks[-1] += last
+                self._ends[-1] += len(last)
         self._n += m
 
     def get(self, positions: Iterable[int]) -> list[dict[str, Any]]:
@@ -286,8 +349,19 @@ class MetadataStore:
         off = self._offsets.view
         out = []
         for p in positions:
-            raw = self._bytes(int(off[p]), int(off[p + 1]))
-            out.append(json.loads(raw) if raw else {})
+            start, end = int(off[p]), int(off[p + 1])
+            if not 0 <= start <= end <= self.nbytes:  # only an unverified, corrupted file gets here
+                raise IndexFileError(f"index metadata of the item at position {int(p)} is corrupted (offsets "
+                                     f"{start}..{end} outside its {self.nbytes} bytes)")
+            raw = self._bytes(start, end)
+            try:
+                md = json.loads(raw) if raw else {}
+            except ValueError:
+                md = None
+            if not isinstance(md, dict):
+                raise IndexFileError(f"index metadata of the item at position {int(p)} is corrupted (not a JSON "
+                                     "object)")
+            out.append(md)
         return out
 
     def compact(self, keep: np.ndarray) -> None:
@@ -310,17 +384,28 @@ class MetadataStore:
         np.cumsum(lengths, out=new_off[1:])
         self._offsets = Column(new_off)
         self._base = np.frombuffer(bytes(new_blob), dtype=np.uint8)
-        self._extra = bytearray()
+        self._chunks, self._ends = [], []
 
     def offsets_array(self) -> np.ndarray | None:
         return None if self._offsets is None else self._offsets.view
 
-    def blob_segments(self) -> list[memoryview]:
+    def blob_segments(self) -> list[memoryview | bytes]:
         """The byte buffer as segments to write one after another."""
-        segs = [memoryview(np.ascontiguousarray(self._base)).cast("B")]
-        if self._extra:
-            segs.append(memoryview(self._extra))
-        return segs
+        return [memoryview(np.ascontiguousarray(self._base)).cast("B"), *self._chunks]
+
+    def state(self) -> tuple:
+        """What `restore` needs to undo every later append or compaction (O(log n): references only)."""
+        offsets = None if self._offsets is None else self._offsets.state()
+        return self._n, offsets, self._base, tuple(self._chunks), tuple(self._ends)
+
+    def restore(self, state: tuple) -> None:
+        self._n, offsets, self._base, chunks, ends = state
+        self._chunks, self._ends = list(chunks), list(ends)
+        if offsets is None:
+            self._offsets = None
+        else:
+            self._offsets = Column(offsets[0])
+            self._offsets.restore(offsets)
 
 
 def _json_bytes(md: dict[str, Any]) -> bytes:
@@ -338,6 +423,19 @@ class IdMap:
     def __init__(self, ids: np.ndarray) -> None:
         self.order = np.argsort(ids, kind="stable").astype(np.int64)
         self.sorted = ids[self.order]
+        if len(ids) > 1 and (self.sorted[1:] == self.sorted[:-1]).any():  # only a corrupted file gets here
+            dup = self.sorted[1:][self.sorted[1:] == self.sorted[:-1]][:3].tolist()
+            raise IndexFileError(f"index is corrupted: ids {dup} appear more than once")
+
+    # appended() and compacted() replace the arrays, never write into them: (order, sorted) undoes both
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.order, self.sorted
+
+    @classmethod
+    def restored(cls, state: tuple[np.ndarray, np.ndarray]) -> IdMap:
+        idmap = cls.__new__(cls)
+        idmap.order, idmap.sorted = state
+        return idmap
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Positions of `ids`, -1 where absent."""
@@ -379,6 +477,8 @@ class LocalIndex(Index):
         self._idmap: IdMap | None = None
         self._idmap_lock = threading.Lock()  # concurrent readers may all ask for the lazily built map
         self._next_id = 0
+        self._transactions: list[_Snapshot] = []  # open transactions, innermost last
+        self._file_state: tuple | None = None  # identity of the file at self.path when loaded or last saved
 
     # ---- backend hooks ----------------------------------------------------------------------------------
     @abstractmethod
@@ -413,7 +513,10 @@ class LocalIndex(Index):
         if idmap is None:
             with self._idmap_lock:
                 if self._idmap is None:
-                    self._idmap = IdMap(self._ids.view)
+                    try:
+                        self._idmap = IdMap(self._ids.view)
+                    except IndexFileError as err:
+                        raise IndexFileError(str(err).replace("index is", f"index {self.path or ''} is", 1)) from None
                 idmap = self._idmap
         return idmap
 
@@ -432,13 +535,15 @@ class LocalIndex(Index):
         new_ids = self._new_ids(ids, m, metadata)
         if m == 0:
             return new_ids
-        first = len(self._ids)
-        self._store_codes(c)
-        self._ids.extend(new_ids)
-        self._meta.append(metadata, m)
-        if self._idmap is not None and not self._idmap.appended(new_ids, first):
-            self._idmap = None
-        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        blobs = MetadataStore.encode(metadata)  # a metadata value JSON cannot hold fails here, before any change
+        with self.transaction():  # all or nothing, even on MemoryError half-way
+            first = len(self._ids)
+            self._store_codes(c)
+            self._ids.extend(new_ids)
+            self._meta.append(metadata, m, blobs)
+            if self._idmap is not None and not self._idmap.appended(new_ids, first):
+                self._idmap = None
+            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         return new_ids
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
@@ -448,12 +553,64 @@ class LocalIndex(Index):
             return 0
         keep = np.ones(len(self), dtype=bool)
         keep[pos] = False
-        self._compact_codes(keep)
-        self._ids.compact(keep)
-        self._meta.compact(keep)
-        if self._idmap is not None:
-            self._idmap.compacted(keep)
+        with self.transaction():
+            for snap in self._transactions:  # compaction rewrites the codes: keep what the snapshots need
+                if snap.codes is None:
+                    snap.codes = np.array(self._codes_view()[: snap.n])
+            self._compact_codes(keep)
+            self._ids.compact(keep)
+            self._meta.compact(keep)
+            if self._idmap is not None:
+                self._idmap.compacted(keep)
         return len(pos)
+
+    # ---- all-or-nothing changes -----------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[LocalIndex]:
+        """Changes made inside the block are undone, exactly, if it raises: codes, ids, metadata, next id,
+        info and fingerprint. Pair a change with its save to make both one step:
+
+            with index.transaction():
+                index.add(codes, metadata=metas)
+                index.save(path)        # if this fails, the index in memory is as before the block
+
+        Taking the snapshot costs references only; the first removal inside the block copies the codes it
+        may have to put back (a removal rewrites them anyway). Not thread-safe: the caller serialises writers.
+        """
+        snap = self._snapshot()
+        self._transactions.append(snap)
+        try:
+            yield self
+        except BaseException:
+            self._restore(snap)
+            raise
+        finally:
+            self._transactions.remove(snap)
+
+    def _snapshot(self) -> _Snapshot:
+        idmap = self._idmap
+        return _Snapshot(
+            n=len(self._ids), ids=self._ids.state(), meta=self._meta.state(),
+            idmap=None if idmap is None else idmap.state(), next_id=self._next_id,
+            info=copy.deepcopy(self.info), fingerprint=self._fingerprint,
+        )
+
+    def _restore(self, snap: _Snapshot) -> None:
+        now = len(self._codes_view())
+        if snap.codes is not None:  # something was removed: put the old codes back whole
+            self._compact_codes(np.zeros(now, dtype=bool))
+            if snap.n:
+                self._store_codes(snap.codes)
+        elif now != snap.n:  # only appends happened: the first n codes are the old ones
+            keep = np.zeros(now, dtype=bool)
+            keep[: snap.n] = True
+            self._compact_codes(keep)
+        self._ids.restore(snap.ids)
+        self._meta.restore(snap.meta)
+        self._idmap = None if snap.idmap is None else IdMap.restored(snap.idmap)
+        self._next_id = snap.next_id
+        self.info = snap.info
+        self._fingerprint = snap.fingerprint
 
     def contains(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         return self._positions(ids, strict=False) >= 0
@@ -490,25 +647,44 @@ class LocalIndex(Index):
 
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, path: str) -> None:
+        """Write the file atomically. Refused (nothing written) when another process holds the file's writer
+        lock (IndexBusyError), or when saving over the file this index was loaded from (or last saved to) and
+        that file has been replaced since (ConflictError): another writer's items would be lost. A failed
+        write raises StorageError; the old file stays as it was."""
         from attnhash.index.fileformat import write_index_file
 
-        write_index_file(
-            path,
-            bits=self.bits,
-            fingerprint=self.fingerprint,
-            next_id=self._next_id,
-            info=self.info,
-            codes=self._codes_view(),
-            ids=self._ids.view,
-            meta_offsets=self._meta.offsets_array(),
-            meta_segments=self._meta.blob_segments(),
-        )
-        self.path = str(path)
+        path = str(path)
+        check_not_locked_elsewhere(path)
+        if self.path is not None and os.path.abspath(path) == os.path.abspath(self.path):
+            now = _file_state(path)
+            if now is not None and self._file_state is not None and now != self._file_state:
+                raise ConflictError(f"index file {path} was replaced by another writer since this index was "
+                                    "loaded; nothing was written (open it again and repeat the change)")
+        try:
+            write_index_file(
+                path,
+                bits=self.bits,
+                fingerprint=self.fingerprint,
+                next_id=self._next_id,
+                info=self.info,
+                codes=self._codes_view(),
+                ids=self._ids.view,
+                meta_offsets=self._meta.offsets_array(),
+                meta_segments=self._meta.blob_segments(),
+            )
+        except OSError as err:
+            raise StorageError(f"cannot write index file {path}: {err.strerror or err}; the file on disk is "
+                               "unchanged") from None
+        self.path = path
+        self._file_state = _file_state(path)
 
     @classmethod
     def load(cls, path: str, mmap: bool = True, verify: bool = True, **kwargs: Any) -> LocalIndex:
+        """Read an index file; temporary files that killed writers of it left behind are deleted first."""
         from attnhash.index.fileformat import read_index_file
 
+        remove_stale_temps(path)
+        state = _file_state(path)  # before reading: if the file is replaced meanwhile, a save refuses
         data = read_index_file(path, mmap=mmap, verify=verify)
         index = cls(data.bits, data.fingerprint, data.info, **kwargs)
         index._load_codes(data.codes)
@@ -516,6 +692,7 @@ class LocalIndex(Index):
         index._meta = MetadataStore(len(data.ids), data.meta_offsets, data.meta_blob)
         index._next_id = data.next_id
         index.path = str(path)
+        index._file_state = state
         return index
 
     def _load_codes(self, codes: np.ndarray) -> None:
@@ -526,6 +703,26 @@ class LocalIndex(Index):
         n = self._ids._buf.nbytes + self._meta.nbytes
         off = self._meta.offsets_array()
         return n + (off.nbytes if off is not None else 0)
+
+
+class _Snapshot:
+    """The state a transaction restores (see LocalIndex.transaction)."""
+
+    __slots__ = ("n", "ids", "meta", "idmap", "next_id", "info", "fingerprint", "codes")
+
+    def __init__(self, n, ids, meta, idmap, next_id, info, fingerprint) -> None:
+        self.n, self.ids, self.meta, self.idmap = n, ids, meta, idmap
+        self.next_id, self.info, self.fingerprint = next_id, info, fingerprint
+        self.codes: np.ndarray | None = None  # the first n codes, copied before the first removal
+
+
+def _file_state(path: str) -> tuple | None:
+    """(device, inode, size, mtime): a save replaces the file, so any save by anyone changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def sort_range_hits(qidx: np.ndarray, dist: np.ndarray, pos: np.ndarray, nq: int) -> list[tuple[np.ndarray, np.ndarray]]:

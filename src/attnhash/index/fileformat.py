@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -43,6 +44,8 @@ HEADER_SIZE = 512
 ALIGN = 64
 _SECTIONS = ("info", "codes", "ids", "meta_offsets", "meta")
 _FP_MAX = 128
+_FP_CHARS = re.compile(rb"[!-~]+")  # a fingerprint is printable ASCII without spaces (attnhash's: sha256 hex)
+MAX_BITS = 8192  # far above any code length in use (16-128); bounds what a crafted header can make us allocate
 # magic, version, header size, bits, code size, count, next id, fingerprint length, fingerprint,
 # then (offset, length, crc32) per section; the header crc32 sits in the last 4 bytes of the header.
 _HEAD = struct.Struct("<8sIIIIQqI%ds" % _FP_MAX + "QQI" * len(_SECTIONS))
@@ -108,9 +111,13 @@ def write_index_file(
     code_size = code_bytes(bits)
     if codes.shape != (count, code_size):
         raise ValueError(f"codes shape {codes.shape} does not match {count} ids of {bits} bits")
-    fp = (fingerprint or "").encode("ascii")
+    fp = (fingerprint or "").encode("ascii", errors="replace")
     if len(fp) > _FP_MAX:
         raise ValueError(f"fingerprint longer than {_FP_MAX} characters")
+    if fp and not _FP_CHARS.fullmatch(fp):
+        raise ValueError(f"fingerprint {fingerprint!r} is not printable ASCII without spaces")
+    if next_id < 0 or next_id < count:
+        raise ValueError(f"next id {next_id} cannot follow {count} distinct ids >= 0")
     info_bytes = json.dumps(info, ensure_ascii=False, sort_keys=True, default=str).encode()
     meta_len = sum(len(memoryview(s).cast("B")) for s in meta_segments) if meta_offsets is not None else 0
 
@@ -180,6 +187,14 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise IndexFileError(f"index file {path} has format version {version}; this attnhash reads version {VERSION}")
     if hsize != HEADER_SIZE or bits < MIN_BITS or code_size != code_bytes(max(bits, MIN_BITS)) or fplen > _FP_MAX:
         raise IndexFileError(f"index file {path} is corrupted: inconsistent header")
+    if bits > MAX_BITS:
+        raise IndexFileError(f"index file {path} is corrupted: {bits}-bit codes (at most {MAX_BITS})")
+    if fplen and not _FP_CHARS.fullmatch(fp[:fplen]):
+        raise IndexFileError(f"index file {path} is corrupted: its model fingerprint is not printable ASCII")
+    # ids are distinct and >= 0, all below the next id: so 0 <= count <= next id
+    if next_id < 0 or next_id < count:
+        raise IndexFileError(f"index file {path} is corrupted: next id {next_id} with {count} items (ids would "
+                             "be reused)")
     sections = {}
     rest = vals[9:]
     for i, name in enumerate(_SECTIONS):
@@ -190,6 +205,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise IndexFileError(f"index file {path} is corrupted: {name} section holds {sections[name][1]} bytes, expected {want}")
     if sections["meta_offsets"][1] not in (0, (count + 1) * 8):
         raise IndexFileError(f"index file {path} is corrupted: metadata offsets section has the wrong size")
+    at = HEADER_SIZE
+    for name in _SECTIONS:  # in order, after the header, not overlapping
+        off, length, _ = sections[name]
+        if off < at:
+            raise IndexFileError(f"index file {path} is corrupted: its {name} section overlaps what comes before")
+        at = off + length
     end = max(off + length for off, length, _ in sections.values())
     if size < end:
         raise IndexFileError(f"index file {path} is truncated: {size} bytes, its header describes {end}")
@@ -241,6 +262,8 @@ def read_index_file(path: str | os.PathLike, mmap: bool = True, verify: bool = T
         info = json.loads(section("info").tobytes() or b"{}")
     except ValueError:
         raise IndexFileError(f"index file {path} is corrupted: unreadable info section") from None
+    if not isinstance(info, dict):
+        raise IndexFileError(f"index file {path} is corrupted: its info section is not a JSON object")
     count, code_size = head["count"], code_bytes(head["bits"])
     codes = section("codes").reshape(count, code_size)
     ids = section("ids").view("<i8")
@@ -248,6 +271,13 @@ def read_index_file(path: str | os.PathLike, mmap: bool = True, verify: bool = T
     meta_blob = section("meta") if meta_offsets is not None else None
     if meta_offsets is not None and (meta_offsets[0] != 0 or int(meta_offsets[-1]) != secs["meta"][1]):
         raise IndexFileError(f"index file {path} is corrupted: metadata offsets do not match the metadata section")
+    # new ids start at the next id: one below it in the file would be issued twice (a pass over the ids, ~30 ms
+    # per 1e7, so it is made even when the checksums are skipped)
+    if count and (int(ids.min()) < 0 or int(ids.max()) >= head["next_id"]):
+        raise IndexFileError(f"index file {path} is corrupted: ids outside 0..{head['next_id'] - 1} (0 to its next "
+                             "id)")
+    if verify and meta_offsets is not None and (meta_offsets[1:] < meta_offsets[:-1]).any():
+        raise IndexFileError(f"index file {path} is corrupted: metadata offsets go backwards")
     return IndexData(
         path=path,
         bits=head["bits"],

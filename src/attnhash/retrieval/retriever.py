@@ -25,6 +25,17 @@ def check_encoder(index: Index, encoder: Encoder) -> None:
     index.check_fingerprint(encoder.fingerprint)
 
 
+def check_index_info(index: Index) -> None:
+    """IndexFileError when the index's facts contradict each other: a class list that is not a list of names,
+    or a recorded model without its fingerprint (the model check would be skipped without a word)."""
+    names = index.info.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise IndexFileError(f"index file {index.path or ''} is corrupted: its class names are not a list of names")
+    if index.info.get("run_dir") and not index.fingerprint:
+        raise IndexFileError(f"index file {index.path or ''} is corrupted: it records the run "
+                             f"{index.info['run_dir']} but not the fingerprint of its model")
+
+
 def source_metadata(source: ImageSource, indices: np.ndarray,
                     class_map: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Per-item metadata of an ImageSource: a re-openable reference (path) and the class numbers."""
@@ -72,9 +83,16 @@ class Retriever:
     @classmethod
     def open(cls, path: str, run_dir: str | None = None, backend: str = "faiss", device: str = "auto",
              load_model: bool = True, engine: str = "torch", **open_kwargs: Any) -> "Retriever":
-        """Open an index file with the model that built it (its recorded run folder unless `run_dir` is given)."""
+        """Open an index file with the model that built it (its recorded run folder unless `run_dir` is given).
+
+        A writer opens the file only once it holds its lock (attnhash.index.lock.IndexLock)."""
         index = open_index(path, backend=backend, **open_kwargs)
+        check_index_info(index)
         return cls(index, cls.load_encoder(index, run_dir, device, engine) if load_model else None)
+
+    def transaction(self):
+        """All-or-nothing changes to the index (and its class names): see LocalIndex.transaction."""
+        return self.index.transaction()
 
     @staticmethod
     def load_encoder(index: Index, run_dir: str | None = None, device: str = "auto", engine: str = "torch"):
@@ -97,9 +115,16 @@ class Retriever:
         return self.encoder
 
     # ---- labels -------------------------------------------------------------------------------------
-    def resolve_labels(self, names_or_ids: Sequence[str | int]) -> list[int]:
-        """Label names (added to the index's class list when new) or class numbers -> class numbers."""
+    def resolve_labels(self, names_or_ids: Sequence[str | int], max_classes: int | None = None) -> list[int]:
+        """Label names (added to the index's class list when new) or class numbers -> class numbers.
+
+        `max_classes` caps the class list: a new name beyond it is a DataError (nothing is added)."""
         classes: list[str] = self.index.info.setdefault("class_names", [])
+        new = {str(lab).strip() for lab in names_or_ids if isinstance(lab, str)} - set(classes) - {""}
+        new = {n for n in new if not (n.isdigit())}
+        if max_classes is not None and new and len(classes) + len(new) > max_classes:
+            raise DataError(f"{len(new)} new label name(s) would take the index past {max_classes} class names "
+                            f"(it holds {len(classes)})")
         out = []
         for lab in names_or_ids:
             if isinstance(lab, int | np.integer) or (isinstance(lab, str) and lab.strip().isdigit()
@@ -167,18 +192,30 @@ class Retriever:
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return self._need_encoder().encode_images(images)
 
-    def search_codes(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
-                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names}."""
+    def search_answers(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
+                       max_results: int | None = None) -> list[dict[str, Any]]:
+        """Top-k or radius search -> per query {"results": [{id, distance, path, labels, label_names}, ...],
+        "total": how many items matched, "truncated": whether `max_results` cut the list}.
+
+        Nothing larger than the index is allocated: k beyond the item count asks only for what exists."""
         if (k is None) == (radius is None):
             raise ValueError("give exactly one of k and radius")
         if k is not None:
-            dist, ids = self.index.search(codes, k)
-            rows = [(d[i >= 0], i[i >= 0]) for d, i in zip(dist, ids)]
+            q = np.asarray(codes)
+            kk = min(int(k), len(self.index))
+            if k <= 0:
+                raise ValueError(f"k must be positive, got {k}")
+            if kk == 0:
+                empty = (np.zeros(0, np.int32), np.zeros(0, np.int64))
+                rows = [empty] * (1 if q.ndim == 1 else len(q))
+            else:
+                dist, ids = self.index.search(codes, kk)
+                rows = [(d[i >= 0], i[i >= 0]) for d, i in zip(dist, ids)]
         else:
             rows = self.index.range_search(codes, radius)
         out = []
         for d_row, ids_row in rows:
+            total = len(ids_row)
             if max_results is not None:
                 d_row, ids_row = d_row[:max_results], ids_row[:max_results]
             metas = self.index.metadata(ids_row) if len(ids_row) else []
@@ -187,8 +224,13 @@ class Retriever:
                 labels = md.get("labels", [])
                 hits.append({"id": i, "distance": d, "path": md.get("path"), "labels": labels,
                              "label_names": self.label_names(labels)})
-            out.append(hits)
+            out.append({"results": hits, "total": total, "truncated": total > len(hits)})
         return out
+
+    def search_codes(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
+                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
+        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names}."""
+        return [a["results"] for a in self.search_answers(codes, k=k, radius=radius, max_results=max_results)]
 
     def search_images(self, images: Sequence[Any], k: int | None = None, radius: int | None = None,
                       max_results: int | None = None) -> list[list[dict[str, Any]]]:

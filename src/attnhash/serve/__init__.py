@@ -31,7 +31,7 @@ class BackgroundServer:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="auto")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="attnhash-server", daemon=True)
         self.url = ""

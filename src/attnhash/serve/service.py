@@ -5,8 +5,16 @@ errors. Errors are attnhash errors: NotFoundError, InvalidRequestError, Unavaila
 of image decoding.
 
 Concurrency: searches share a readers-writer lock; adds and removes take it exclusively and rewrite the index
-file atomically before they return. The network runs one forward pass at a time (torch already uses every
-core for one batch); images that arrive while it is busy are encoded together in the next pass (MicroBatcher).
+file atomically before they return, all or nothing (a failed save leaves the index in memory as it was). The
+network runs one forward pass at a time (torch already uses every core for one batch); images that arrive
+while it is busy are encoded together in the next pass (MicroBatcher).
+
+One writer per file: a service that accepts writes holds the index's writer lock (attnhash.index.lock) from
+before it reads the file until `close()`, so `attnhash index add` cannot change the file under it (and
+fails, naming the service). A read-only service (no token, or --no-persist) takes no lock.
+
+Resources: see attnhash.serve.limits.ServiceLimits (decoded pixels per request and in all, labels, class
+names, the uploads folder, results per query).
 """
 
 from __future__ import annotations
@@ -16,34 +24,65 @@ import os
 import threading
 import time
 import uuid
-from functools import lru_cache
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from attnhash.data import open_item_ref
-from attnhash.errors import AttnHashError, InvalidRequestError, NotFoundError, UnavailableError
+from attnhash.errors import (
+    AttnHashError,
+    DataError,
+    InvalidRequestError,
+    NotFoundError,
+    StorageError,
+    UnavailableError,
+)
+from attnhash.index.lock import IndexLock
 from attnhash.retrieval import Retriever
 from attnhash.serve.batching import MicroBatcher
+from attnhash.serve.limits import PixelBudget, RequestPixels, ServiceLimits, UploadQuota
 from attnhash.serve.locks import RWLock
-from attnhash.serve.uploads import decode_upload
+from attnhash.serve.thumbnails import ThumbnailCache
+from attnhash.serve.uploads import ALLOWED_FORMATS, MAX_PIXELS, decode_upload
+
+
+class WritesDisabledError(AttnHashError):
+    """The service was started without writes (no token)."""
 
 
 class SearchService:
     """The index, the encoder and the locks behind the HTTP handlers (usable without HTTP too)."""
 
     def __init__(self, index_path: str, run_dir: str | None = None, *, encoder: Any = None, backend: str = "faiss",
-                 persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int = 1000,
-                 load_model: bool = True, radius_tables: bool = False) -> None:
+                 persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int | None = None,
+                 load_model: bool = True, radius_tables: bool = False, writable: bool = True,
+                 limits: ServiceLimits | None = None, lock_wait: float = 0.0) -> None:
         self.index_path = str(index_path)
+        self.limits = replace(limits or ServiceLimits(), **({} if max_k is None else {"max_k": max_k}))
+        self.max_k = self.limits.max_k
+        self.writable = writable
+        self.persist = persist
+        # the writer's lock first, the file after: what was read before the lock may already be stale
+        self.file_lock = IndexLock(self.index_path, f"attnhash serve {self.index_path}")
+        if writable and persist:
+            self.file_lock.acquire(lock_wait)
+        try:
+            self._open(run_dir, encoder, backend, upload_dir, device, load_model, radius_tables)
+        except BaseException:
+            self.file_lock.release()
+            raise
+
+    def _open(self, run_dir, encoder, backend, upload_dir, device, load_model, radius_tables) -> None:
         self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False)
         self.index = self.retriever.index
         self.lock = RWLock()
         self.batcher: MicroBatcher | None = None
-        self.persist = persist
-        self.max_k = max_k
-        self.upload_dir = upload_dir or f"{self.index_path}.uploads"
+        self.upload_dir = os.path.abspath(upload_dir or f"{self.index_path}.uploads")
+        self.uploads = UploadQuota(self.upload_dir, int(self.limits.uploads_max_mb * 2**20),
+                                   self.limits.uploads_max_files)
+        self.pixels = PixelBudget(self.limits.global_pixels, self.limits.wait_s)
+        self.thumbnails = ThumbnailCache(MAX_PIXELS, admit=lambda n: self.pixels.hold(n, "thumbnail"))
         self.encoder_error: str | None = None
         if encoder is None and load_model:
             try:
@@ -70,6 +109,10 @@ class SearchService:
     def encoder(self) -> Any:
         return self.retriever.encoder
 
+    def close(self) -> None:
+        """Release the index file to other writers (the service keeps answering from memory)."""
+        self.file_lock.release()
+
     def _build_radius_tables(self) -> None:
         self._building = True
         try:
@@ -89,6 +132,13 @@ class SearchService:
             raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
         return self.batcher(images)
 
+    def _decode(self, data: bytes, name: str, allowance: RequestPixels) -> np.ndarray:
+        size = int(getattr(self.encoder, "image_size", None) or 224)
+        return decode_upload(data, name, size, admit=allowance)
+
+    def _request_pixels(self) -> RequestPixels:
+        return RequestPixels(self.pixels, self.limits.request_pixels)
+
     def check_query(self, k: int | None, radius: int | None) -> tuple[int | None, int | None]:
         if k is not None and radius is not None:
             raise InvalidRequestError("give k or radius, not both")
@@ -100,19 +150,26 @@ class SearchService:
             raise InvalidRequestError(f"radius must be between 0 and {self.index.bits}, got {radius}")
         return k, radius
 
-    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> list[dict[str, Any]]:
+    def answer(self, codes: np.ndarray, k: int | None, radius: int | None) -> dict[str, Any]:
+        """{"results": hits (at most max_k), "total": how many matched, "truncated": whether hits were cut}."""
         with self.lock.read():
-            hits = self.retriever.search_codes(codes, k=k, radius=radius, max_results=self.max_k)[0]
-        for h in hits:
+            answer = self.retriever.search_answers(codes, k=k, radius=radius, max_results=self.max_k)[0]
+        for h in answer["results"]:
             h["thumbnail"] = f"/api/items/{h['id']}/image"
         self._count("searches")
-        return hits
+        return answer
+
+    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> list[dict[str, Any]]:
+        """The hits of one query code (at most max_k; `answer` also says how many matched)."""
+        return self.answer(codes, k, radius)["results"]
 
     def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an uploaded image."""
         k, radius = self.check_query(k, radius)
+        if self.batcher is None:  # before decoding: nothing to spend on a search that cannot run
+            raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
         t0 = time.perf_counter()
-        code = self.encode([decode_upload(data, name)])
+        code = self.encode([self._decode(data, name, self._request_pixels())])
         return self._answer({"filename": name}, code, k, radius, t0)
 
     def search_item(self, item_id: int, k: int | None, radius: int | None) -> dict[str, Any]:
@@ -127,8 +184,8 @@ class SearchService:
         return self._answer({"id": item_id}, code, k, radius, t0)
 
     def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float) -> dict[str, Any]:
-        hits = self.results(code, k, radius)
-        return {"query": {**query, "code": code[0].tobytes().hex(), "k": k, "radius": radius}, "results": hits,
+        answer = self.answer(code, k, radius)
+        return {"query": {**query, "code": code[0].tobytes().hex(), "k": k, "radius": radius}, **answer,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def item(self, item_id: int) -> dict[str, Any]:
@@ -146,62 +203,114 @@ class SearchService:
         if not ref:
             raise NotFoundError(f"item {item_id} has no image reference")
         try:
-            return _thumbnail(ref, size)
+            return self.thumbnails.get(ref, size)
+        except UnavailableError:
+            raise
         except AttnHashError as err:
             raise NotFoundError(f"item {item_id}: {err}") from None
 
     # ---- changes ------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise WritesDisabledError("writes are disabled: start the service with a token to add or remove items")
+
     def save(self) -> None:
+        """Rewrite the index file (inside the caller's transaction: a failure undoes the change in memory)."""
         if self.persist:
             self.index.save(self.index_path)
+
+    def _label_lists(self, labels: list[str], n: int) -> list[list[str]]:
+        """Per image, its label names/numbers, checked against the limits before anything is decoded."""
+        if len(labels) not in (0, 1, n):
+            raise InvalidRequestError(f"give one labels field for all images or one per image; got {len(labels)} "
+                                      f"for {n} images")
+        lim = self.limits
+        out = []
+        for text in (labels * n if len(labels) == 1 else labels or [""] * n):
+            names = [t.strip() for t in text.split(",") if t.strip()]
+            if len(names) > lim.max_labels_per_item:
+                raise InvalidRequestError(f"{len(names)} labels for one image, at most {lim.max_labels_per_item}")
+            for name in names:
+                if len(name) > lim.max_label_chars:
+                    raise InvalidRequestError(f"label {name[:20]!r}... is {len(name)} characters long, at most "
+                                              f"{lim.max_label_chars}")
+                if name.isdigit() and int(name) >= lim.max_classes:
+                    raise InvalidRequestError(f"class number {name} is out of range: at most {lim.max_classes} "
+                                              "classes")
+            out.append(names)
+        return out
 
     def add(self, uploads: list[tuple[str, bytes]], labels: list[str]) -> dict[str, Any]:
         """Add uploaded images (name, bytes) with one comma-separated label list for all, or one per image.
         The images are kept in the upload folder; on any failure nothing is added and nothing kept."""
-        if len(labels) not in (0, 1, len(uploads)):
-            raise InvalidRequestError(f"give one labels field for all images or one per image; got {len(labels)} "
-                                      f"for {len(uploads)} images")
-        decoded = [decode_upload(data, name) for name, data in uploads]
-        codes = self.encode(decoded)
-        os.makedirs(self.upload_dir, exist_ok=True)
+        self._check_writable()
+        if not uploads:
+            raise InvalidRequestError("no images to add")
+        if len(uploads) > self.limits.max_images_per_add:
+            raise InvalidRequestError(f"{len(uploads)} images in one request, at most "
+                                      f"{self.limits.max_images_per_add}")
+        per_image = self._label_lists(labels, len(uploads))
+        if self.batcher is None:
+            raise UnavailableError(f"adding images is unavailable: {self.encoder_error}")
+        allowance = self._request_pixels()
+        codes = self.encode([self._decode(data, name, allowance) for name, data in uploads])
+        # decoded above, so the header reads: the format names the kept file
+        exts = [Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).format.lower() for _, data in uploads]
+        nbytes = sum(len(data) for _, data in uploads)
+        self.uploads.reserve(nbytes, len(uploads))
         saved = []
         try:
-            for _, data in uploads:
-                fmt = Image.open(io.BytesIO(data)).format.lower()
-                path = os.path.abspath(os.path.join(self.upload_dir, f"{uuid.uuid4().hex}.{fmt}"))
+            os.makedirs(self.upload_dir, exist_ok=True)
+            for (_, data), ext in zip(uploads, exts):
+                path = os.path.join(self.upload_dir, f"{uuid.uuid4().hex}.{ext}")
+                saved.append(path)
                 with open(path, "wb") as out:
                     out.write(data)
-                saved.append(path)
-            per_image = labels * len(uploads) if len(labels) == 1 else labels or [""] * len(uploads)
-            with self.lock.write():
-                metas = [{"path": p, "labels": self.retriever.resolve_labels(lab.split(","))}
-                         for p, lab in zip(saved, per_image)]
+            with self.lock.write(), self.retriever.transaction():
+                try:
+                    metas = [{"path": p, "labels": self.retriever.resolve_labels(names, self.limits.max_classes)}
+                             for p, names in zip(saved, per_image)]
+                except DataError as err:
+                    raise InvalidRequestError(str(err)) from None
                 ids = self.index.add(codes, metadata=metas)
                 self.save()
                 count = len(self.index)
-        except BaseException:
+        except BaseException as err:
             for p in saved:
                 try:
                     os.unlink(p)
                 except OSError:
                     pass
+            self.uploads.release(nbytes, len(uploads))
+            if isinstance(err, OSError):
+                raise StorageError(f"cannot keep the uploaded images in {self.upload_dir}: "
+                                   f"{err.strerror or err}; nothing was added") from None
+            if isinstance(err, StorageError):
+                raise StorageError(f"{err}; nothing was added") from None
             raise
         self._count("added", len(ids))
         return {"ids": ids.tolist(), "count": count}
 
     def remove(self, item_id: int) -> dict[str, Any]:
+        self._check_writable()
         with self.lock.write():
             try:
                 path = self.index.metadata([item_id])[0].get("path")
             except KeyError:
                 raise NotFoundError(f"no item with id {item_id}") from None
-            self.index.remove([item_id])
-            self.save()
+            try:
+                with self.retriever.transaction():
+                    self.index.remove([item_id])
+                    self.save()
+            except StorageError as err:
+                raise StorageError(f"{err}; item {item_id} was not removed") from None
             count = len(self.index)
         # an image uploaded through the API belongs to the service: delete it with its item
-        if path and os.path.dirname(path) == os.path.abspath(self.upload_dir):
+        if path and os.path.dirname(os.path.abspath(path)) == self.upload_dir:
             try:
+                size = os.path.getsize(path)
                 os.unlink(path)
+                self.uploads.release(size, 1)
             except OSError:
                 pass
         self._count("removed")
@@ -220,18 +329,13 @@ class SearchService:
                       "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error,
                       "forward_passes": self.batcher.batches if self.batcher else 0},
             "max_k": self.max_k,
+            "writable": self.writable and (self.file_lock.held or not self.persist),
+            "limits": self.limits.as_dict(),
+            "load": {"pixels_in_use": self.pixels.in_use, "pixels_peak": self.pixels.peak,
+                     "pixel_waits_refused": self.pixels.refused, "uploads_bytes": self.uploads.bytes,
+                     "uploads_files": self.uploads.files, "thumbnail_decodes": self.thumbnails.decodes},
             "radius_tables": "building" if self._building else (
                 "built" if getattr(self.index, "hash_tables", None) else "not built"),
             "uptime_s": round(time.time() - self.started, 1),
             "counters": dict(self.counters),
         }
-
-
-@lru_cache(maxsize=2048)
-def _thumbnail(ref: str, size: int) -> bytes:
-    """PNG bytes of the image behind an item reference, shrunk to fit size x size (never enlarged)."""
-    img = Image.fromarray(open_item_ref(ref))
-    img.thumbnail((size, size), Image.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,8 +27,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a usable weights file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"weights file {p} cannot be read as a torch state dict: {first}") from None
+        raise CheckpointError(f"weights file {p} cannot be read as a torch state dict: {_load_error(exc)}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -41,6 +41,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _load_error(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to load it with
+    weights_only=False: that would run whatever code the file carries."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if "Weights only load failed" not in text:
+        return text.splitlines()[0] if text else type(exc).__name__
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\s*\n\s*Check|$)", text, re.S)
+    detail = " ".join(found.group(1).split()).rstrip(".") if found else ""
+    if "global" in detail.lower():
+        return (f"it holds Python objects, not only tensors ({detail}); attnhash never runs code from a weights "
+                "file: save the weights alone with torch.save(model.state_dict(), path)")
+    return "not a file of tensors written by torch.save" + (f" ({detail})" if detail else "")
 
 
 def _fmt(keys, n: int = _SHOW) -> str:

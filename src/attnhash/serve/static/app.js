@@ -76,7 +76,8 @@ async function runSearch(request, what) {
     const body = await apiJson(await request());
     render(body.results, body.query);
     const n = body.results.length;
-    setStatus(`${n} result${n === 1 ? "" : "s"} for ${what} in ${body.took_ms} ms`);
+    const shown = body.truncated ? `the first ${n} of ${body.total} results` : `${n} result${n === 1 ? "" : "s"}`;
+    setStatus(`${shown} for ${what} in ${body.took_ms} ms`);
   } catch (err) {
     render([], null);
     setStatus(String(err.message || err), true);
