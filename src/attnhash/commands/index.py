@@ -9,6 +9,14 @@ import sys
 
 import numpy as np
 
+from attnhash.commands.location import (
+    add_location_args,
+    backend_of,
+    describe,
+    milvus_options,
+    milvus_uri,
+    open_location,
+)
 from attnhash.errors import DataError
 
 
@@ -23,8 +31,9 @@ def register(sub) -> None:
     src.add_argument("--images", help="a list file, an image folder, a dataset name (fmnist, ...) or an .npz")
     src.add_argument("--codes", help="an .npz written by `attnhash encode` (codes, paths, labels)")
     b.add_argument("--root", help="root folder for the paths of a list file / where the dataset lives")
-    b.add_argument("--out", "-o", required=True, help="index file to write")
-    b.add_argument("--backend", default="faiss", choices=["faiss", "numpy"], help="backend used while building")
+    b.add_argument("--out", "-o", help="index file to write (with --backend milvus: the milvus-lite database file, "
+                                       "unless --uri names the database)")
+    add_location_args(b)
     b.add_argument("--limit", type=int, help="index only the first N images")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default="auto")
@@ -32,7 +41,8 @@ def register(sub) -> None:
     b.set_defaults(func=run_build)
 
     a = isub.add_parser("add", help="encode more images and add them to an index file")
-    a.add_argument("index", help="index file")
+    a.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
+    add_location_args(a)
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a list file, an image folder, a dataset name or an .npz")
     src.add_argument("--codes", help="an .npz written by `attnhash encode`")
@@ -44,13 +54,15 @@ def register(sub) -> None:
     a.set_defaults(func=run_add)
 
     r = isub.add_parser("remove", help="remove items by id")
-    r.add_argument("index", help="index file")
+    r.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
     r.add_argument("ids", nargs="*", type=int, help="ids to remove")
+    add_location_args(r)
     r.add_argument("--ids-file", help="a text file with one id per line")
     r.set_defaults(func=run_remove)
 
     i = isub.add_parser("info", help="describe an index file and check its integrity")
-    i.add_argument("index", help="index file")
+    i.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
+    add_location_args(i)
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--no-verify", action="store_true", help="skip the payload checksums (very large files)")
     i.set_defaults(func=run_info)
@@ -69,42 +81,67 @@ def run_build(args: argparse.Namespace) -> int:
     from attnhash.inference import Encoder
     from attnhash.retrieval import Retriever
 
-    if os.path.exists(args.out) and not args.force:
+    backend = backend_of(args)
+    options: dict = {}
+    if backend == "milvus":
+        if args.out and args.uri:
+            raise DataError("give --out (a milvus-lite database file) or --uri, not both")
+        options = {**milvus_options(args), "uri": milvus_uri(args, args.out), "overwrite": args.force, "new": True}
+    elif not args.out:
+        raise DataError("give the index file to write (--out)")
+    elif os.path.exists(args.out) and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite it")
     encoder = Encoder(args.run, device=args.device)
     if args.codes:
-        retriever = Retriever.create(encoder, backend=args.backend, source=args.codes, class_names=encoder.class_names)
+        retriever = Retriever.create(encoder, backend=backend, source=args.codes, class_names=encoder.class_names,
+                                     **options)
         retriever.add_codes(CodeSet.load(args.codes), args.codes)
     else:
         source, indices = _open_source(args)
-        retriever = Retriever.create(encoder, backend=args.backend, source=source)
+        retriever = Retriever.create(encoder, backend=backend, source=source, **options)
         retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    retriever.save(args.out)
     index = retriever.index
-    print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
+    if backend == "milvus":
+        index.save_info()
+        print(f"{len(index)} items, {index.bits}-bit codes -> {describe(args, args.out)}")
+    else:
+        retriever.save(args.out)
+        print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
     return 0
+
+
+def _save(index, path: str | None) -> None:
+    """Write an index file back; a Milvus collection is already up to date (its metadata is written)."""
+    if getattr(index, "persistent", False):
+        index.save_info()
+    else:
+        index.save(path)
 
 
 def run_add(args: argparse.Namespace) -> int:
     from attnhash.codefile import CodeSet
     from attnhash.retrieval import Retriever
 
-    retriever = Retriever.open(args.index, args.run, device=args.device, load_model=not args.codes)
+    path, backend, options = open_location(args, args.index)
+    retriever = Retriever.open(path, args.run, backend=backend, device=args.device, load_model=not args.codes,
+                               **options)
     if args.codes:
         new = retriever.add_codes(CodeSet.load(args.codes), args.codes)
     else:
         source, indices = _open_source(args)
         new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    retriever.save(args.index)
     index = retriever.index
+    _save(index, path)
     span = f" (ids {new[0]}..{new[-1]})" if len(new) else ""
-    print(f"added {len(new)} items{span}; {args.index} now holds {len(index)}")
+    print(f"added {len(new)} items{span}; {describe(args, args.index)} now holds {len(index)}")
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
     from attnhash.index import open_index
 
+    if args.uri and args.index is not None:  # no INDEX with --uri: the first number was an id
+        args.ids, args.index = [int(args.index), *args.ids], None
     ids = list(args.ids)
     if args.ids_file:
         try:
@@ -114,28 +151,35 @@ def run_remove(args: argparse.Namespace) -> int:
             raise DataError(f"{args.ids_file}: cannot read ids ({err})") from None
     if not ids:
         raise DataError("no ids given")
-    index = open_index(args.index)
+    path, backend, options = open_location(args, args.index)
+    index = open_index(path, backend=backend, **options)
     removed = index.remove(np.asarray(ids, dtype=np.int64))
-    if removed:
-        index.save(args.index)
-    print(f"removed {removed} of {len(set(ids))} ids; {args.index} now holds {len(index)}")
+    if removed and not getattr(index, "persistent", False):
+        index.save(path)
+    print(f"removed {removed} of {len(set(ids))} ids; {describe(args, args.index)} now holds {len(index)}")
     return 0 if removed == len(set(ids)) else 1
 
 
 def run_info(args: argparse.Namespace) -> int:
     from attnhash.index import open_index, read_header
 
-    head = read_header(args.index)
-    index = open_index(args.index, verify=not args.no_verify)
+    path, backend, options = open_location(args, args.index)
+    if backend == "milvus":
+        index = open_index(path, backend=backend, **options)
+        where = {"uri": index.uri, "collection": index.collection}
+    else:
+        head = read_header(path)
+        index = open_index(path, backend=backend, verify=not args.no_verify)
+        where = {"path": path, "format_version": head["version"], "file_bytes": head["size"]}
     info = {
-        "path": args.index,
-        "format_version": head["version"],
-        "file_bytes": head["size"],
+        **where,
+        "backend": backend,
         "count": len(index),
         "bits": index.bits,
         "next_id": int(index.next_id),
         "fingerprint": index.fingerprint,
-        "verified": not args.no_verify,
+        "verified": not args.no_verify and backend != "milvus",
+        **index.distinct_codes(),
         **{k: v for k, v in index.info.items() if k != "class_names"},
         "classes": len(index.info.get("class_names") or []),
         "class_names": index.info.get("class_names") or [],

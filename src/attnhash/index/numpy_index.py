@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from attnhash.index.base import Column, LocalIndex
+from attnhash.index.distinct import distinct_summary
 from attnhash.index.scan import numpy_distances, radius_numpy, topk_numpy
 
 __all__ = ["NumpyIndex"]
@@ -43,6 +44,10 @@ class NumpyIndex(LocalIndex):
 
     def memory_bytes(self) -> int:
         return super().memory_bytes() + self._codes._buf.nbytes
+
+    def distinct_codes(self) -> dict[str, int]:
+        """Distinct codes and the largest group of equal codes."""
+        return distinct_summary(self._codes.view)
 
     # ---- queries ------------------------------------------------------------------------------------
     def distances(self, queries: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from attnhash.data import ImageSource
 from attnhash.errors import CheckpointError, DataError, IndexFileError
 from attnhash.index import Index, create_index, open_index
 from attnhash.inference import Encoder
+from attnhash.retrieval.rerank import reranked_search
 
 
 def check_encoder(index: Index, encoder: Encoder) -> None:
@@ -160,31 +161,50 @@ class Retriever:
         return self._need_encoder().encode_images(images)
 
     def search_codes(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
-                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names}."""
+                     max_results: int | None = None, query_real: np.ndarray | None = None
+                     ) -> list[list[dict[str, Any]]]:
+        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names} (and score).
+
+        query_real: the queries' real-valued outputs z; items at equal distance are then ranked by
+        <tanh(z), b> (attnhash.retrieval.rerank) and each hit carries its score."""
         if (k is None) == (radius is None):
             raise ValueError("give exactly one of k and radius")
-        if k is not None:
+        if query_real is not None:
+            rows = reranked_search(self.index, codes, query_real, k=k, radius=radius)
+        elif k is not None:
             dist, ids = self.index.search(codes, k)
-            rows = [(d[i >= 0], i[i >= 0]) for d, i in zip(dist, ids)]
+            rows = [(d[i >= 0], i[i >= 0], None) for d, i in zip(dist, ids)]
         else:
-            rows = self.index.range_search(codes, radius)
+            rows = [(d, i, None) for d, i in self.index.range_search(codes, radius)]
         out = []
-        for d_row, ids_row in rows:
+        for d_row, ids_row, scores in rows:
             if max_results is not None:
                 d_row, ids_row = d_row[:max_results], ids_row[:max_results]
             metas = self.index.metadata(ids_row) if len(ids_row) else []
             hits = []
-            for i, d, md in zip(ids_row.tolist(), d_row.tolist(), metas):
+            for j, (i, d, md) in enumerate(zip(ids_row.tolist(), d_row.tolist(), metas)):
                 labels = md.get("labels", [])
-                hits.append({"id": i, "distance": d, "path": md.get("path"), "labels": labels,
-                             "label_names": self.label_names(labels)})
+                hit = {"id": i, "distance": d, "path": md.get("path"), "labels": labels,
+                       "label_names": self.label_names(labels)}
+                if scores is not None:
+                    hit["score"] = round(float(scores[j]), 6)
+                hits.append(hit)
             out.append(hits)
         return out
 
+    def encode_images_for_search(self, images: Sequence[Any], rerank: bool = False
+                                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes of query images, and their real-valued outputs when ranking ties by score (None when not
+        asked, or when the encoder gives only codes)."""
+        encoder = self._need_encoder()
+        if rerank and hasattr(encoder, "encode_images_with_outputs"):
+            return encoder.encode_images_with_outputs(images)
+        return encoder.encode_images(images), None
+
     def search_images(self, images: Sequence[Any], k: int | None = None, radius: int | None = None,
-                      max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        return self.search_codes(self.encode_images(images), k=k, radius=radius, max_results=max_results)
+                      max_results: int | None = None, rerank: bool = False) -> list[list[dict[str, Any]]]:
+        codes, real = self.encode_images_for_search(images, rerank)
+        return self.search_codes(codes, k=k, radius=radius, max_results=max_results, query_real=real)
 
     def codes_of(self, ids: Sequence[int]) -> np.ndarray:
         """The stored codes of items (DataError naming an unknown id)."""

@@ -4,7 +4,9 @@ SearchService calls, attnhash errors to status codes.
 Endpoints (JSON unless said otherwise; errors are {"detail": "<one line>"} with a 4xx/5xx status):
     GET    /api/health                      liveness and item count
     GET    /api/stats                       index facts (count, bits, backend, model fingerprint, classes, limits)
-    POST   /api/search                      multipart: image (file), k (default 10) or radius -> results
+    POST   /api/search                      multipart: image (file), k (default 10) or radius, rerank -> results
+    POST   /api/search/batch                multipart: images (files) and/or ids, k or radius, rerank -> one
+                                            answer per query, from one index search
     GET    /api/search/by-id/{id}?k=|radius= the same with the code of an item already in the index
     POST   /api/items                       multipart: images (files), labels (one comma list for all or per image)
     GET    /api/items/{id}                  one item's metadata
@@ -44,7 +46,8 @@ def _status(err: AttnHashError) -> int:
 
 def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: float = 10.0, encoder: Any = None,
                backend: str = "faiss", persist: bool = True, upload_dir: str | None = None, device: str = "auto",
-               max_k: int = 1000, load_model: bool = True, radius_tables: bool = False) -> FastAPI:
+               max_k: int = 1000, load_model: bool = True, radius_tables: bool = False,
+               index_options: dict | None = None, rerank: bool | None = None) -> FastAPI:
     """The HTTP API and web page over `index_path` (see the module docstring).
 
     `encoder` injects a ready encoder (anything with bits, fingerprint, run_dir and encode_images); otherwise
@@ -54,7 +57,7 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
     """
     svc = SearchService(index_path, run_dir, encoder=encoder, backend=backend, persist=persist,
                         upload_dir=upload_dir, device=device, max_k=max_k, load_model=load_model,
-                        radius_tables=radius_tables)
+                        radius_tables=radius_tables, index_options=index_options, rerank=rerank)
     app = FastAPI(title="attnhash search", version=__version__,
                   description="Hamming-distance image retrieval over an attnhash index")
     app.state.service = svc
@@ -74,8 +77,17 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
 
     @app.post("/api/search")
     def search(image: UploadFile = File(..., description="query image"),
-               k: int | None = Form(None), radius: int | None = Form(None)) -> dict[str, Any]:
-        return svc.search_upload(image.file.read(), image.filename or "image", k, radius)
+               k: int | None = Form(None), radius: int | None = Form(None),
+               rerank: bool | None = Form(None, description="rank equal distances by <tanh(z_q), b_d>")
+               ) -> dict[str, Any]:
+        return svc.search_upload(image.file.read(), image.filename or "image", k, radius, rerank)
+
+    @app.post("/api/search/batch")
+    def search_batch(images: list[UploadFile] = File([], description="query images"),
+                     ids: list[int] = Form([], description="ids of items to query with"),
+                     k: int | None = Form(None), radius: int | None = Form(None),
+                     rerank: bool | None = Form(None)) -> dict[str, Any]:
+        return svc.search_batch([(f.filename or "image", f.file.read()) for f in images], ids, k, radius, rerank)
 
     @app.get("/api/search/by-id/{item_id}")
     def search_by_id(item_id: int, k: int | None = Query(None), radius: int | None = Query(None)) -> dict[str, Any]:

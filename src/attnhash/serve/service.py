@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from attnhash.codes import pack_codes, sign
 from attnhash.data import open_item_ref
 from attnhash.errors import AttnHashError, InvalidRequestError, NotFoundError, UnavailableError
 from attnhash.retrieval import Retriever
+from attnhash.retrieval.rerank import DEFAULT as RERANK_DEFAULT
 from attnhash.serve.batching import MicroBatcher
 from attnhash.serve.locks import RWLock
 from attnhash.serve.uploads import decode_upload
@@ -35,9 +37,14 @@ class SearchService:
 
     def __init__(self, index_path: str, run_dir: str | None = None, *, encoder: Any = None, backend: str = "faiss",
                  persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int = 1000,
-                 load_model: bool = True, radius_tables: bool = False) -> None:
+                 load_model: bool = True, radius_tables: bool = False, index_options: dict | None = None,
+                 rerank: bool | None = None, max_batch: int = 256) -> None:
         self.index_path = str(index_path)
-        self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False)
+        # index_options: backend options (milvus: collection, token); index_path is then the Milvus database
+        self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False, **(index_options or {}))
+        self.rerank = RERANK_DEFAULT if rerank is None else bool(rerank)
+        self.max_batch = max_batch
+        self._outputs = False  # whether the encoder gives real-valued outputs (for ranking ties by score)
         self.index = self.retriever.index
         self.lock = RWLock()
         self.batcher: MicroBatcher | None = None
@@ -56,9 +63,13 @@ class SearchService:
             self.encoder_error = "the service was started without a model"
         if encoder is not None:
             self.retriever = Retriever(self.index, encoder)
-            self.batcher = MicroBatcher(encoder.encode_images)
+            if hasattr(encoder, "encode_images_with_outputs"):  # one pass gives z; the codes are sign(z)
+                self._outputs = True
+                self.batcher = MicroBatcher(lambda images: encoder.encode_images_with_outputs(images)[1])
+            else:
+                self.batcher = MicroBatcher(encoder.encode_images)
         self._building = False
-        if radius_tables and hasattr(self.index, "build_hash"):
+        if radius_tables and (hasattr(self.index, "build_layer") or hasattr(self.index, "build_hash")):
             # the radius tables take a while at 1e7 items (a minute here): build them in the background
             # under the read lock (searches go on, adds and removes wait)
             threading.Thread(target=self._build_radius_tables, name="radius-tables", daemon=True).start()
@@ -74,7 +85,10 @@ class SearchService:
         self._building = True
         try:
             with self.lock.read():
-                self.index.build_hash()
+                if hasattr(self.index, "build_layer"):
+                    self.index.build_layer()  # the distinct-code layer of the compiled search
+                else:
+                    self.index.build_hash()
         finally:
             self._building = False
 
@@ -85,9 +99,16 @@ class SearchService:
     # ---- queries ------------------------------------------------------------------------------------
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
         """Codes of decoded images through the shared model (batched across concurrent requests)."""
+        return self.encode_for_search(images)[0]
+
+    def encode_for_search(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes of decoded images and, when the encoder gives them, their real-valued outputs z."""
         if self.batcher is None:
             raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
-        return self.batcher(images)
+        if not self._outputs:
+            return self.batcher(images), None
+        z = self.batcher(images)
+        return pack_codes(sign(z)), z
 
     def check_query(self, k: int | None, radius: int | None) -> tuple[int | None, int | None]:
         if k is not None and radius is not None:
@@ -100,20 +121,53 @@ class SearchService:
             raise InvalidRequestError(f"radius must be between 0 and {self.index.bits}, got {radius}")
         return k, radius
 
-    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> list[dict[str, Any]]:
+    def results(self, codes: np.ndarray, k: int | None, radius: int | None,
+                real: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
+        """Hits of each query code (ties ranked by score when the real-valued outputs are given)."""
         with self.lock.read():
-            hits = self.retriever.search_codes(codes, k=k, radius=radius, max_results=self.max_k)[0]
-        for h in hits:
-            h["thumbnail"] = f"/api/items/{h['id']}/image"
-        self._count("searches")
-        return hits
+            rows = self.retriever.search_codes(codes, k=k, radius=radius, max_results=self.max_k, query_real=real)
+        for hits in rows:
+            for h in hits:
+                h["thumbnail"] = f"/api/items/{h['id']}/image"
+        self._count("searches", len(rows))
+        return rows
 
-    def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None) -> dict[str, Any]:
+    def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None,
+                      rerank: bool | None = None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an uploaded image."""
         k, radius = self.check_query(k, radius)
         t0 = time.perf_counter()
-        code = self.encode([decode_upload(data, name)])
-        return self._answer({"filename": name}, code, k, radius, t0)
+        code, real = self.encode_for_search([decode_upload(data, name)])
+        rerank = self.rerank if rerank is None else rerank
+        return self._answer({"filename": name}, code, k, radius, t0, real if rerank else None)
+
+    def search_batch(self, uploads: list[tuple[str, bytes]], ids: list[int], k: int | None, radius: int | None,
+                     rerank: bool | None = None) -> dict[str, Any]:
+        """Many queries in one request (uploaded images, then items by id), answered by one index search per
+        kind: {"results": [{"query", "results"}, ...], "took_ms"}."""
+        k, radius = self.check_query(k, radius)
+        if not uploads and not ids:
+            raise InvalidRequestError("give one or more images, or ids")
+        if len(uploads) + len(ids) > self.max_batch:
+            raise InvalidRequestError(f"at most {self.max_batch} queries per batch, got {len(uploads) + len(ids)}")
+        t0 = time.perf_counter()
+        rerank = self.rerank if rerank is None else rerank
+        answers: list[dict[str, Any]] = []
+        if uploads:
+            codes, real = self.encode_for_search([decode_upload(data, name) for name, data in uploads])
+            rows = self.results(codes, k, radius, real if rerank else None)
+            answers += [{"query": {"filename": name, "code": c.tobytes().hex(), "k": k, "radius": radius},
+                         "results": hits} for (name, _), c, hits in zip(uploads, codes, rows)]
+        if ids:
+            with self.lock.read():
+                try:
+                    codes = self.index.reconstruct(ids)
+                except KeyError as err:
+                    raise NotFoundError(str(err.args[0])) from None
+            rows = self.results(codes, k, radius)
+            answers += [{"query": {"id": i, "code": c.tobytes().hex(), "k": k, "radius": radius}, "results": hits}
+                        for i, c, hits in zip(ids, codes, rows)]
+        return {"results": answers, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def search_item(self, item_id: int, k: int | None, radius: int | None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an item already in the index."""
@@ -126,8 +180,9 @@ class SearchService:
                 raise NotFoundError(f"no item with id {item_id}") from None
         return self._answer({"id": item_id}, code, k, radius, t0)
 
-    def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float) -> dict[str, Any]:
-        hits = self.results(code, k, radius)
+    def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float,
+                real: np.ndarray | None = None) -> dict[str, Any]:
+        hits = self.results(code, k, radius, real)[0]
         return {"query": {**query, "code": code[0].tobytes().hex(), "k": k, "radius": radius}, "results": hits,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
@@ -152,7 +207,9 @@ class SearchService:
 
     # ---- changes ------------------------------------------------------------------------------------
     def save(self) -> None:
-        if self.persist:
+        if getattr(self.index, "persistent", False):  # a Milvus collection: durable already, keep its metadata
+            self.index.save_info()
+        elif self.persist:
             self.index.save(self.index_path)
 
     def add(self, uploads: list[tuple[str, bytes]], labels: list[str]) -> dict[str, Any]:
@@ -220,8 +277,13 @@ class SearchService:
                       "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error,
                       "forward_passes": self.batcher.batches if self.batcher else 0},
             "max_k": self.max_k,
+            "max_batch": self.max_batch,
+            "rerank": self.rerank,
+            "search": self.index.search_stats() if hasattr(self.index, "search_stats") else None,
             "radius_tables": "building" if self._building else (
-                "built" if getattr(self.index, "hash_tables", None) else "not built"),
+                "built" if getattr(self.index, "hash_tables", None)
+                or (getattr(self.index, "search_stats", None) and self.index.search_stats().get("layer") == "built")
+                else "not built"),
             "uptime_s": round(time.time() - self.started, 1),
             "counters": dict(self.counters),
         }
