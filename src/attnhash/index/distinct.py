@@ -717,11 +717,6 @@ class DistinctCodes:
                                   for a, b in spans])
         return _concat_found(found)
 
-    def result_sizes(self, off: np.ndarray, gg: np.ndarray) -> np.ndarray:
-        """Items per query in the groups found (int64 (nq,))."""
-        c = np.concatenate([[0], np.cumsum(self._counts[gg])])
-        return c[off[1:]] - c[off[:-1]]
-
     def expand_radius(self, off, gd, gg, r: int, parts: int = 1, skip: np.ndarray | None = None
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Groups found -> every item within radius r per query, sorted by (distance, position)."""

@@ -280,7 +280,7 @@ class MilvusIndex(Index):
     def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any] | None = None
                     ) -> list[list[tuple[int, int, int]]]:
         """Per query: list of (distance, order key, id); the order key is seq, or the id itself while ids
-        follow insertion order (then seq is not fetched)."""
+        follow insertion order (then seq is not fetched, and the ids and distances are read as whole lists)."""
         out: list[list[tuple[int, int, int]]] = []
         search_params = {"metric_type": "HAMMING", "params": params or {}}
         with_seq = not self._ids_increasing
@@ -291,6 +291,9 @@ class MilvusIndex(Index):
             for hits in res:
                 if with_seq:
                     out.append([(int(h["distance"] + 0.5), int(h["entity"]["seq"]), int(h["id"])) for h in hits])
+                elif hasattr(hits, "ids") and hasattr(hits, "distances"):  # pymilvus >= 2.4: the columns
+                    ids = hits.ids
+                    out.append(list(zip(np.rint(hits.distances).astype(np.int64).tolist(), ids, ids)))
                 else:
                     out.append([(int(h["distance"] + 0.5), int(h["id"]), int(h["id"])) for h in hits])
         return out

@@ -11,10 +11,11 @@ The planner decides from what it measures, not from an assumed distribution:
   each probed radius actually holds (a top-k query probes radius 0, 1, ... while that is cheaper than its
   scan, stops early when its neighbourhood is empty, and goes to a scan only when the ball does not hold k);
 - the cost of each operation on this machine (`Costs`, timed once per process on the index's own codes):
-  ns per code of a scan, per hash probe, per result emitted by a scan and per result expanded from groups.
-  A radius query first finds its groups (ball or distinct scan, whichever is cheaper), then, knowing its
-  exact result size, expands them or answers with a flat scan when that is cheaper (huge results on small
-  indexes), so a plan is never slower than the flat scan by more than the group search it tried first.
+  ns per code of a scan, per hash probe; they set how far a top-k query probes and which scan answers the
+  queries the probes did not;
+- for radius queries, the plans themselves timed on the queries: a radius's first queries are answered by
+  every candidate plan (flat, distinct, hash), and the fastest answers the next ones, measured again as the
+  index grows or after 2,000 queries. Result sizes, tie groups and cache behaviour all count, as they are.
 
 The layer costs one pass over the codes to build (about 0.4 s per million codes here). It is built when a
 query would use it and the flat scans done so far have cost as much as building it would (so a one-off
@@ -49,8 +50,6 @@ class Costs:
 
     scan_code: float  # per (query, code) of a batch scan
     probe: float  # per hash-table probe
-    emit: float  # per result of a flat radius scan
-    expand: float  # per result expanded from item lists
     build: float  # per code, building the distinct-code layer (estimate until a build is measured)
 
     def to_dict(self) -> dict[str, float]:
@@ -67,7 +66,7 @@ def _best_of(fn: Callable[[], Any], reps: int = 3) -> float:
 
 
 def measure_costs(codes: np.ndarray, layer: DistinctCodes | None = None) -> Costs:
-    """Time the operations the plans are made of, on (a sample of) the index's own codes: ~10-30 ms."""
+    """Time the operations the plans are made of, on (a sample of) the index's own codes: a few ms."""
     rng = np.random.default_rng(0)
     n = len(codes)
     sample = np.ascontiguousarray(codes[: min(n, 1 << 16)])
@@ -78,22 +77,12 @@ def measure_costs(codes: np.ndarray, layer: DistinctCodes | None = None) -> Cost
     out_p = np.empty((8, 10), np.int64)
     scan._topk_batch(words[:64], qw, 10, nbits, out_d, out_p)  # compiled before timing
     scan_code = _best_of(lambda: scan._topk_batch(words, qw, 10, nbits, out_d, out_p)) / max(1, 8 * len(sample))
-    # a radius that takes every code: what a scan pays per result emitted
-    scan._radius_chunk(words, qw[0], nbits, 0, min(64, len(words)))
-    whole = _best_of(lambda: scan._radius_chunk(words, qw[0], nbits, 0, len(words)))
-    emit = max(0.1, whole / max(1, len(sample)) - scan_code)
-    probe, expand = 30.0, 4.0 * emit
+    probe = 30.0
     if layer is not None and len(layer):
         qd = layer.queries(queries[:4])
         layer.probe_count(qd[:1], 1)
-        probes = 4 * ball_size(nbits, 2)
-        probe = _best_of(lambda: layer.probe_count(qd, 2)) / probes
-        small = DistinctCodes(np.repeat(sample[:256], max(1, len(sample) // 256), axis=0))
-        sq = small.queries(sample[:1])
-        small.scan_radius(sq, nbits)
-        items = len(small)
-        expand = max(0.1, _best_of(lambda: small.scan_radius(sq, nbits)) / max(1, items))
-    return Costs(scan_code=scan_code, probe=probe, emit=emit, expand=expand, build=60.0)
+        probe = _best_of(lambda: layer.probe_count(qd, 2)) / (4 * ball_size(nbits, 2))
+    return Costs(scan_code=scan_code, probe=probe, build=60.0)
 
 
 class ExactSearch:
@@ -110,6 +99,7 @@ class ExactSearch:
         self._lock = threading.Lock()
         self._costs: Costs | None = None
         self._flat_ns = 0.0  # estimated cost of the flat scans the layer could have answered (build policy)
+        self._radius_choice: dict[int, dict[str, Any]] = {}  # radius -> the plan measured fastest, and when
         self.last_plan: dict[str, Any] = {}
 
     # ---- the layer ---------------------------------------------------------------------------------------
@@ -190,8 +180,14 @@ class ExactSearch:
         if plan == "distinct":
             self.last_plan = {"plan": "distinct"}
             return layer.scan_topk(qw, k, parts)
-        # probe while a radius costs less than half of what a scan of this query costs
-        per_query_scan = min(n, 2 * layer.groups) * c.scan_code * (1 if nq >= parts else 1.0 / parts)
+        # what a scan costs one query: a batch shares the threads by query, a single query splits only the flat
+        # scan across them (the distinct-code scan makes two passes, on one thread per query)
+        share = 1.0 if nq >= parts else 1.0 / parts
+        flat_each = n * c.scan_code * share
+        distinct_each = 2 * layer.groups * c.scan_code * (1.0 if nq >= parts else 1.0)
+        rest_plan = "distinct" if distinct_each < flat_each else "flat"
+        per_query_scan = min(flat_each, distinct_each)
+        # probe radius by radius while a radius costs less than half of that scan
         rmax = 1
         while rmax < _MAX_PROBE_RADIUS and ball_size(self.nbits, rmax + 1) * c.probe <= 0.5 * per_query_scan:
             rmax += 1
@@ -199,7 +195,6 @@ class ExactSearch:
             rmax = max(rmax, 2)
         out_d, out_p, resolved = layer.probe_topk(qw, k, rmax, parts)
         rest = np.flatnonzero(~resolved)
-        rest_plan = "distinct" if 2 * layer.groups < n else "flat"
         if len(rest):
             if rest_plan == "distinct":
                 d, p = layer.scan_topk(np.ascontiguousarray(qw[rest]), k, parts)
@@ -211,9 +206,24 @@ class ExactSearch:
         return out_d, out_p
 
     # ---- radius ------------------------------------------------------------------------------------------
+    def _radius_candidates(self, r: int, layer: DistinctCodes | None) -> list[str]:
+        n = len(self._codes())
+        if layer is None:
+            return ["flat"]
+        c = self.costs()
+        out = ["flat"]
+        if layer.groups < n:
+            out.append("distinct")
+        if ball_size(self.nbits, r) <= layer.groups and ball_size(self.nbits, r) * c.probe <= 4 * n * c.scan_code:
+            out.append("hash")
+        return out
+
     def radius_plan(self, r: int, nq: int = 1) -> str:
-        """Where the groups of a radius-r query are found: "hash" (ball probes), "distinct" (scan of the
-        distinct codes) or "flat" (no layer: a flat scan), by measured costs."""
+        """The plan radius-r queries take now: the one last measured fastest, or before any measurement the
+        cheapest by the measured unit costs ("flat", "distinct" or "hash")."""
+        chosen = self._radius_choice.get(r)
+        if chosen is not None:
+            return chosen["plan"]
         codes = self._codes()
         n = len(codes)
         if n < MIN_LAYER_N:
@@ -221,38 +231,57 @@ class ExactSearch:
         c = self.costs()
         layer = self._layer
         groups = layer.groups if layer is not None else n
-        # a group search may still end in a flat scan (huge results): it must cost under half of one to pay
         cost = {"flat": n * c.scan_code, "distinct": 2 * groups * c.scan_code,
                 "hash": 2 * ball_size(self.nbits, r) * c.probe}
         if layer is None:  # not built yet: only a ball clearly cheaper than a scan makes it worth building
             cost["distinct"] = float("inf")
         return min(cost, key=cost.get)
 
-    def radius(self, q: np.ndarray, r: int, plan: Plan = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
-        codes = self._codes()
-        n, nq = len(codes), len(q)
-        if plan == "flat" or n == 0 or nq == 0 or (plan == "auto" and n < MIN_LAYER_N):
-            self.last_plan = {"plan": "flat"}
+    def _radius_run(self, plan: str, codes: np.ndarray, q: np.ndarray, r: int
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        if plan == "flat":
             return scan.radius(codes, q, r)
-        c = self.costs()
-        if plan == "auto":
-            plan = self.radius_plan(r, nq)  # type: ignore[assignment]
-            if plan == "flat" or self._want_layer(n, nq * n * c.scan_code) is None:
-                self.last_plan = {"plan": "flat"}
-                return scan.radius(codes, q, r)
         layer = self.prepare()
         qw = layer.queries(q)
         parts = threads()
-        off, gd, gg = layer.find_groups(qw, r, "hash" if plan == "hash" else "distinct", parts)
-        # each query's exact result size is now known: expand its groups, or scan when that is cheaper
-        sizes = layer.result_sizes(off, gg)
-        flat_each = n * c.scan_code + sizes * c.emit
-        expand_each = sizes * c.expand
-        flat_better = flat_each < expand_each
-        to_flat = np.flatnonzero(flat_better)
-        out = layer.expand_radius(off, gd, gg, r, parts, skip=flat_better)
-        if len(to_flat):
-            for i, res in zip(to_flat, scan.radius(codes, np.ascontiguousarray(q[to_flat]), r)):
-                out[i] = res
-        self.last_plan = {"plan": plan, "flat_fallback": int(len(to_flat)), "queries": nq}
+        off, gd, gg = layer.find_groups(qw, r, plan, parts)
+        return layer.expand_radius(off, gd, gg, r, parts)
+
+    def radius(self, q: np.ndarray, r: int, plan: Plan = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact radius search. "auto": the plan measured fastest on the queries themselves: the first queries
+        at a radius (up to 8 of a batch) are answered by every candidate plan, timed, and the fastest answers
+        the rest and later queries at that radius, until the index changes size by a quarter or 2,000 queries
+        have been answered (then it is measured again). Every plan gives the same result."""
+        codes = self._codes()
+        n, nq = len(codes), len(q)
+        if plan != "auto" or n == 0 or nq == 0 or n < MIN_LAYER_N:
+            plan = "flat" if plan == "auto" else plan
+            self.last_plan = {"plan": plan}
+            return self._radius_run(plan, codes, q, r)
+        c = self.costs()
+        layer = self._layer
+        if layer is None and self.radius_plan(r, nq) != "flat":
+            layer = self._want_layer(n, nq * n * c.scan_code)
+        chosen = self._radius_choice.get(r)
+        if chosen is not None and (abs(n - chosen["n"]) > n // 4 or chosen["answered"] >= 2000
+                                   or (layer is not None and chosen["layer"] is None)):
+            chosen = None
+        if chosen is not None:
+            chosen["answered"] += nq
+            self.last_plan = {"plan": chosen["plan"], "measured_ms": chosen["ms"]}
+            return self._radius_run(chosen["plan"], codes, q, r)
+        candidates = self._radius_candidates(r, layer)
+        sample = np.ascontiguousarray(q[: min(8, nq)])
+        timings, answers = {}, {}
+        for cand in candidates:
+            t = time.perf_counter()
+            answers[cand] = self._radius_run(cand, codes, sample, r)
+            timings[cand] = (time.perf_counter() - t) * 1e3
+        best = min(timings, key=timings.get)
+        self._radius_choice[r] = {"plan": best, "n": n, "answered": nq, "layer": layer,
+                                  "ms": {k: round(v, 3) for k, v in timings.items()}}
+        out = answers[best]
+        if nq > len(sample):
+            out = out + self._radius_run(best, codes, np.ascontiguousarray(q[len(sample) :]), r)
+        self.last_plan = {"plan": best, "measured_ms": self._radius_choice[r]["ms"]}
         return out

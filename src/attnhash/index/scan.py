@@ -240,25 +240,42 @@ def _topk_chunk(words, q, k, lo, hi, nbits):
 
 
 @jit
+def _min1(blk, q0):
+    """Smallest popcount(x ^ q0) over a block of one-word codes (the vectorised hot loop of a batch)."""
+    m = 1 << 20
+    for j in range(blk.shape[0]):
+        m = min(m, popcount(blk[j] ^ q0))
+    return m
+
+
+@jit
 def _topk_batch(words, qs, k, nbits, out_d, out_p):
     """Top-k of every query in qs, walking the database once in cache blocks (all queries per block)."""
     n, W = words.shape
     nq = qs.shape[0]
     flat = words.reshape(n * W)
+    qflat = qs.reshape(nq * W)
     cap = 2 * k + 64
     cd = np.empty((nq, cap), np.int32)
     cp = np.empty((nq, cap), np.int64)
     hist = np.zeros((nq, nbits + 2), np.int64)
     state = np.zeros((nq, 3), np.int64)
     state[:, 2] = nbits + 1
+    bound = np.full(nq, nbits + 1, np.int64)  # a copy of state[:, 2], read without making row views
     scratch = np.empty(4096, np.int64)
     for s in range(0, n, 4096):
         e = min(s + 4096, n)
+        blk = flat[s:e] if W == 1 else flat[:0]
         live = 0
         for i in range(nq):
-            if state[i, 2] > 0:
-                live += 1
-                _scan_topk(flat, W, qs[i], k, s, e, nbits, cd[i], cp[i], hist[i], scratch, state[i])
+            b = bound[i]
+            if b == 0:
+                continue
+            live += 1
+            if W == 1 and _min1(blk, qflat[i]) >= b:  # most blocks end here
+                continue
+            _scan_topk(flat, W, qs[i], k, s, e, nbits, cd[i], cp[i], hist[i], scratch, state[i])
+            bound[i] = state[i, 2]
         if live == 0:
             break
     for i in range(nq):
