@@ -275,7 +275,8 @@ def _bitmap_merge(gs, take, offsets, items, out_p, o, bitmap):
 
 @jit
 def _merge_level(gs, total, take, offsets, items, out_p, o, bitmap):
-    """The `take` smallest positions of groups gs (holding `total` items) into out_p[o:o+take], ascending."""
+    """The `take` smallest positions of groups gs (holding `total` items) into out_p[o:o+take], ascending
+    (through the bitmap when one is given and it is cheaper than the heap)."""
     ng = gs.shape[0]
     if ng == 1:
         a = offsets[gs[0]]
@@ -284,16 +285,18 @@ def _merge_level(gs, total, take, offsets, items, out_p, o, bitmap):
     log2 = 1
     while (1 << log2) < ng:
         log2 += 1
-    if 2 * total + bitmap.shape[0] // 8 < 4 * take * log2:
+    if bitmap.shape[0] > 0 and 2 * total + bitmap.shape[0] // 8 < 4 * take * log2:
         _bitmap_merge(gs, take, offsets, items, out_p, o, bitmap)
     else:
         _heap_merge(gs, take, offsets, items, out_p, o)
 
 
 @jit
-def _expand_topk(fd, fg, m, counts, offsets, items, k, nbits, out_d, out_p, bitmap):
+def _expand_topk(fd, fg, m, counts, offsets, items, k, nbits, out_d, out_p):
     """Groups found (distance fd, group fg; at least every group at or below the k-th distance among them) ->
-    the top k items sorted by (distance, position) into out_d/out_p, padded with -1."""
+    the top k items sorted by (distance, position) into out_d/out_p, padded with -1 (at most k items taken:
+    the heap merge, no bitmap)."""
+    bitmap = np.empty(0, np.uint64)
     hist = np.zeros(nbits + 2, np.int64)
     for i in range(m):
         hist[fd[i]] += counts[fg[i]]
@@ -326,17 +329,14 @@ def _expand_topk(fd, fg, m, counts, offsets, items, k, nbits, out_d, out_p, bitm
 
 
 @jit
-def _expand_all(fd, fg, m, counts, offsets, items, r, bitmap):
-    """Groups within distance r -> every item, sorted by (distance, position)."""
+def _expand_into(fd, fg, m, counts, offsets, items, r, bitmap, out_d, out_p, o):
+    """Groups within distance r -> every item, sorted by (distance, position), written from out[o] on;
+    returns the new end."""
     hist = np.zeros(r + 1, np.int64)
     for i in range(m):
         if fd[i] <= r:
             hist[fd[i]] += counts[fg[i]]
-    total = hist.sum()
-    out_d = np.empty(total, np.int32)
-    out_p = np.empty(total, np.int64)
     level = np.empty(m, np.int64)
-    o = 0
     for d in range(r + 1):
         if hist[d] == 0:
             continue
@@ -348,24 +348,7 @@ def _expand_all(fd, fg, m, counts, offsets, items, r, bitmap):
         _merge_level(level[:ng], hist[d], hist[d], offsets, items, out_p, o, bitmap)
         out_d[o : o + hist[d]] = d
         o += hist[d]
-    return out_d, out_p
-
-
-@jit
-def _append_result(res_off, out_d, out_p, i, dd, pp):
-    o = res_off[i]
-    need = o + dd.shape[0]
-    if need > out_d.shape[0]:
-        cap = max(need, 2 * out_d.shape[0])
-        nd = np.empty(cap, np.int32)
-        np_ = np.empty(cap, np.int64)
-        nd[:o] = out_d[:o]
-        np_[:o] = out_p[:o]
-        out_d, out_p = nd, np_
-    out_d[o:need] = dd
-    out_p[o:need] = pp
-    res_off[i + 1] = need
-    return out_d, out_p
+    return o
 
 
 @jit
@@ -378,7 +361,6 @@ def _probe_topk(table, shift, counts, offsets, items, n, qs, k, nbits, rmax, out
     idx = np.empty(max(rmax, 1), np.int64)
     fd = np.empty(64, np.int32)
     fg = np.empty(64, np.int64)
-    bitmap = np.zeros((n >> 6) + 1, np.uint64)
     for i in range(qs.shape[0]):
         m = 0
         total = 0
@@ -389,7 +371,7 @@ def _probe_topk(table, shift, counts, offsets, items, n, qs, k, nbits, rmax, out
             for j in range(before, m):
                 total += counts[fg[j]]
             if total >= k:
-                _expand_topk(fd, fg, m, counts, offsets, items, k, nbits, out_d[i], out_p[i], bitmap)
+                _expand_topk(fd, fg, m, counts, offsets, items, k, nbits, out_d[i], out_p[i])
                 resolved[i] = True
                 break
             if r >= 1 and total == 0:
@@ -526,28 +508,38 @@ def _scan_groups_topk(keys, counts, offsets, items, n, qs, k, nbits, out_d, out_
     second, then their item lists merged."""
     bound = _group_threshold(keys, counts, qs, k, nbits)
     off, gd, gg = _collect_groups(keys, counts, qs, bound)
-    bitmap = np.zeros((n >> 6) + 1, np.uint64)
     for i in range(qs.shape[0]):
         a, b = off[i], off[i + 1]
-        _expand_topk(gd[a:b], gg[a:b], b - a, counts, offsets, items, k, nbits, out_d[i], out_p[i], bitmap)
+        _expand_topk(gd[a:b], gg[a:b], b - a, counts, offsets, items, k, nbits, out_d[i], out_p[i])
 
 
 @jit
 def _expand_radius_batch(off, gd, gg, counts, offsets, items, n, r, skip):
     """The groups of each query (off/gd/gg) -> every item within r: (offsets (nq+1), distances, positions);
-    queries with skip[i] get an empty answer (answered elsewhere)."""
+    queries with skip[i] get an empty answer (answered elsewhere). The answer's size is known from the
+    group sizes, so it is written once, in place."""
     nq = off.shape[0] - 1
-    bitmap = np.zeros((n >> 6) + 1, np.uint64)
     res_off = np.zeros(nq + 1, np.int64)
-    out_d = np.empty(1024, np.int32)
-    out_p = np.empty(1024, np.int64)
+    largest = 0
     for i in range(nq):
-        a, b = off[i], off[i + 1]
+        total = 0
+        if not skip[i]:
+            for x in range(off[i], off[i + 1]):
+                if gd[x] <= r:
+                    total += counts[gg[x]]
+        res_off[i + 1] = res_off[i] + total
+        largest = max(largest, total)
+    nwords = (n >> 6) + 1
+    # a bitmap over positions merges long lists faster than a heap: made when some answer is large enough
+    bitmap = np.zeros(nwords, np.uint64) if 16 * largest > nwords else np.empty(0, np.uint64)
+    out_d = np.empty(res_off[nq], np.int32)
+    out_p = np.empty(res_off[nq], np.int64)
+    for i in range(nq):
         if skip[i]:
-            a = b
-        dd, pp = _expand_all(gd[a:b], gg[a:b], b - a, counts, offsets, items, r, bitmap)
-        out_d, out_p = _append_result(res_off, out_d, out_p, i, dd, pp)
-    return res_off, out_d[: res_off[nq]], out_p[: res_off[nq]]
+            continue
+        a, b = off[i], off[i + 1]
+        _expand_into(gd[a:b], gg[a:b], b - a, counts, offsets, items, r, bitmap, out_d, out_p, res_off[i])
+    return res_off, out_d, out_p
 
 
 # ---- the layer ------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ PLANS = ("auto", "flat", "distinct", "hash")
 Plan = Literal["auto", "flat", "distinct", "hash"]
 MIN_LAYER_N = 4096  # below this every plan costs microseconds: the flat scan, without a layer
 _MAX_PROBE_RADIUS = 3
+_RADIUS_SAMPLE = 16  # queries of a radius's first batch answered by every candidate plan, to time them
 
 
 @dataclass
@@ -237,19 +238,19 @@ class ExactSearch:
             cost["distinct"] = float("inf")
         return min(cost, key=cost.get)
 
-    def _radius_run(self, plan: str, codes: np.ndarray, q: np.ndarray, r: int
+    def _radius_run(self, plan: str, codes: np.ndarray, q: np.ndarray, r: int, parts: int | None = None
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        parts = parts or threads()
         if plan == "flat":
-            return scan.radius(codes, q, r)
+            return scan.radius(codes, q, r, parts)
         layer = self.prepare()
         qw = layer.queries(q)
-        parts = threads()
         off, gd, gg = layer.find_groups(qw, r, plan, parts)
         return layer.expand_radius(off, gd, gg, r, parts)
 
     def radius(self, q: np.ndarray, r: int, plan: Plan = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact radius search. "auto": the plan measured fastest on the queries themselves: the first queries
-        at a radius (up to 8 of a batch) are answered by every candidate plan, timed, and the fastest answers
+        at a radius (up to 16 of a batch) are answered by every candidate plan, on one thread, timed, and the fastest answers
         the rest and later queries at that radius, until the index changes size by a quarter or 2,000 queries
         have been answered (then it is measured again). Every plan gives the same result."""
         codes = self._codes()
@@ -271,11 +272,13 @@ class ExactSearch:
             self.last_plan = {"plan": chosen["plan"], "measured_ms": chosen["ms"]}
             return self._radius_run(chosen["plan"], codes, q, r)
         candidates = self._radius_candidates(r, layer)
-        sample = np.ascontiguousarray(q[: min(8, nq)])
+        # on one thread, so the timings compare the plans' work rather than the threads' start-up
+        sample = np.ascontiguousarray(q[: min(_RADIUS_SAMPLE, nq)])
         timings, answers = {}, {}
         for cand in candidates:
+            self._radius_run(cand, codes, sample[:1], r, parts=1)  # first calls load compiled code: not timed
             t = time.perf_counter()
-            answers[cand] = self._radius_run(cand, codes, sample, r)
+            answers[cand] = self._radius_run(cand, codes, sample, r, parts=1)
             timings[cand] = (time.perf_counter() - t) * 1e3
         best = min(timings, key=timings.get)
         self._radius_choice[r] = {"plan": best, "n": n, "answered": nq, "layer": layer,
