@@ -211,11 +211,10 @@ class ExactSearch:
         n = len(self._codes())
         if layer is None:
             return ["flat"]
-        c = self.costs()
         out = ["flat"]
         if layer.groups < n:
             out.append("distinct")
-        if ball_size(self.nbits, r) <= layer.groups and ball_size(self.nbits, r) * c.probe <= 4 * n * c.scan_code:
+        if ball_size(self.nbits, r) <= layer.groups:  # more probes than groups: the distinct scan reads less
             out.append("hash")
         return out
 
