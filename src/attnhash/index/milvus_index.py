@@ -277,7 +277,7 @@ class MilvusIndex(Index):
         return len(present)
 
     # ---- queries ------------------------------------------------------------------------------------
-    def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any] | None = None
+    def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any] | None = None, where: str = ""
                     ) -> list[list[tuple[int, int, int]]]:
         """Per query: list of (distance, order key, id); the order key is seq, or the id itself while ids
         follow insertion order (then seq is not fetched, and the ids and distances are read as whole lists)."""
@@ -287,7 +287,8 @@ class MilvusIndex(Index):
         fields = ["seq"] if with_seq else []
         for s in range(0, len(q), _SEARCH_BATCH):
             res = self._c.search(self.collection, data=[row.tobytes() for row in q[s : s + _SEARCH_BATCH]],
-                                 anns_field="code", limit=limit, search_params=search_params, output_fields=fields)
+                                 anns_field="code", limit=limit, search_params=search_params, output_fields=fields,
+                                 filter=where)
             for hits in res:
                 if with_seq:
                     out.append([(int(h["distance"] + 0.5), int(h["entity"]["seq"]), int(h["id"])) for h in hits])
@@ -307,15 +308,31 @@ class MilvusIndex(Index):
         q = self._queries(queries)
         limit = min(k + 1, MILVUS_MAX_TOPK)  # one more: tells whether the k-th distance's ties were cut
         rows = [sorted(h) for h in self._raw_search(q, limit)]
-        by_dist: dict[int, list[int]] = {}
+        # boundary ties: the row must hold the items at the k-th distance inserted first. Those are at or
+        # before the (k - closer)-th of the ones held (in insertion order), so only the items at that distance
+        # up to there are fetched: a range search for exactly that distance, filtered on the order key (which
+        # is cheap when Milvus itself returned the first-inserted ties, as milvus-lite does)
+        key = "seq" if not self._ids_increasing else "id"
+        by_dist: dict[int, list[tuple[int, int]]] = {}
         for i, hits in enumerate(rows):
-            if len(hits) > k and hits[k][0] == hits[k - 1][0] or (len(hits) == k == limit):
-                by_dist.setdefault(hits[k - 1][0], []).append(i)
+            if (len(hits) > k and hits[k][0] == hits[k - 1][0]) or len(hits) == k == limit:
+                dk = hits[k - 1][0]
+                closer = sum(1 for h in hits if h[0] < dk)
+                upto = sorted(h[1] for h in hits if h[0] == dk)[k - closer - 1]
+                by_dist.setdefault(dk, []).append((i, upto))
             rows[i] = hits[:k]
-        # boundary ties: fetch every item at the k-th distance and keep those inserted first
-        for dk, qs in by_dist.items():
-            ties = self._raw_search(q[qs], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk})
-            for i, at in zip(qs, ties):
+        for dk, entries in by_dist.items():
+            qs = [i for i, _ in entries]
+            bound = max(u for _, u in entries)
+            ties = self._raw_search(q[qs], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk},
+                                    where=f"{key} <= {bound}")
+            for (i, upto), at in zip(entries, ties):
+                if len(at) >= MILVUS_MAX_TOPK:  # capped: ask again for this query alone, with its own bound
+                    at = self._raw_search(q[i : i + 1], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk},
+                                          where=f"{key} <= {upto}")[0]
+                    if len(at) >= MILVUS_MAX_TOPK:
+                        raise AttnHashError(f"more than {MILVUS_MAX_TOPK} items tie at Hamming distance {dk}: "
+                                            "too many for one Milvus search; use a smaller k")
                 closer = [h for h in rows[i] if h[0] < dk]
                 rows[i] = closer + sorted(at)[: k - len(closer)]
         dist = np.full((len(q), k), PAD, dtype=np.int32)
