@@ -24,6 +24,7 @@ __all__ = [
     "check_bits",
     "code_bytes",
     "MIN_BITS",
+    "asymmetric_scores",
 ]
 
 MIN_BITS = 4
@@ -128,3 +129,14 @@ def hamming_distances(query_packed: np.ndarray, db_packed: np.ndarray) -> np.nda
     for w in range(q.shape[1]):
         out += popcount(q[:, w : w + 1] ^ d[None, :, w][0]).astype(np.int32)
     return out
+
+
+def asymmetric_scores(query_real: np.ndarray, db_packed: np.ndarray) -> np.ndarray:
+    """<tanh(z_q), b_d> * 2^20 for real-valued query outputs z (nq, K) and packed database codes (nd, K/8):
+    (nq, nd) float64. Ranks items at equal Hamming distance (a larger score is closer).
+
+    tanh(z) is rounded to multiples of 2^-20 first, so every sum is an integer below 2^53 and exact in float64
+    whatever the summation order: equal codes score exactly equally, and so do codes whose scores tie."""
+    z = np.round(np.tanh(np.asarray(query_real, dtype=np.float64)) * float(1 << 20))
+    b = unpack_codes(db_packed, z.shape[1]).astype(np.float64)
+    return z @ b.T

@@ -2,11 +2,13 @@
 
 Conventions (DESIGN.md section 4):
 - relevance: a database item is relevant to a query when they share at least one label;
-- ranking: ascending Hamming distance, ties broken by database index (stable, deterministic);
+- ranking: ascending Hamming distance, ties broken by database index (stable, deterministic); with the real-
+  valued query outputs (`query_real`), items at equal distance are first ranked by the asymmetric score
+  <tanh(z_q), b_d> (larger first; equal codes score equally and stay in database order);
 - mAP@R: AP = mean, over the relevant items within the top R, of (relevant so far / rank); a query with no
   relevant item in its top R scores 0 and still counts in the mean; R = None means the whole database;
 - tie-aware mAP@R: the exact expectation of AP@R over uniformly random orders inside each group of equal
-  distance (He et al., "Hashing as Tie-Aware Learning to Rank", CVPR 2018), extended to a top-R cut that
+  distance (of equal distance and score when ranked by the score) (He et al., "Hashing as Tie-Aware Learning to Rank", CVPR 2018), extended to a top-R cut that
   falls inside a tie group by conditioning on how many relevant items of that group land above the cut;
 - PR curve: per Hamming radius r = 0..K, the items at distance <= r are retrieved; recall is averaged over
   all queries, precision over the queries that retrieved at least one item at that radius (precision of an
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnhash.codes import as_packed, hamming_distances
+from attnhash.codes import as_packed, asymmetric_scores, hamming_distances
 
 DEFAULT_PN_GRID = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 
@@ -134,8 +136,10 @@ def evaluate_retrieval(
     pn_grid=DEFAULT_PN_GRID,
     tie_aware: bool = True,
     chunk: int = 128,
+    query_real=None,
 ) -> RetrievalMetrics:
-    """Score a retrieval: codes as {-1,+1} (n, K) or packed uint8 (n, K/8); labels as ids or multi-hot."""
+    """Score a retrieval: codes as {-1,+1} (n, K) or packed uint8 (n, K/8); labels as ids or multi-hot.
+    query_real: the queries' real-valued outputs z (nq, K), to rank equal distances by <tanh(z_q), b_d>."""
     q = as_packed(query_codes, bits)
     d = as_packed(db_codes, bits)
     if q.shape[1] != d.shape[1]:
@@ -153,6 +157,10 @@ def evaluate_retrieval(
         raise ValueError(f"{len(q)} query codes but {len(ql)} query labels")
     if len(dl) != len(d):
         raise ValueError(f"{len(d)} database codes but {len(dl)} database labels")
+    if query_real is not None:
+        query_real = np.asarray(query_real, dtype=np.float32)
+        if query_real.shape != (len(q), bits):
+            raise ValueError(f"query outputs have shape {query_real.shape}, expected ({len(q)}, {bits})")
     nq, nd = len(q), len(d)
     if nq == 0 or nd == 0:
         raise ValueError("need at least one query and one database item")
@@ -176,8 +184,13 @@ def evaluate_retrieval(
         dist = hamming_distances(q[s:e], d)
         rel = _relevance(ql[s:e], dl)
         n_relevant[s:e] = rel.sum(1)
-        # stable sort by distance = ties broken by database index
-        order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+        # stable sort by distance = ties broken by database index (by the score first when ranking by it)
+        if query_real is None:
+            order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+        else:
+            score = asymmetric_scores(query_real[s:e], d)
+            full = np.lexsort((-score, dist), axis=1)
+            order = full[:, :depth]
         rel_sorted = np.take_along_axis(rel, order, axis=1)
         cum = np.cumsum(rel_sorted, axis=1, dtype=np.float64)
         top = rel_sorted[:, :R]
@@ -193,9 +206,16 @@ def evaluate_retrieval(
         ).reshape(e - s, bits + 1)
         retrieved_r[s:e] = np.cumsum(hist_all, axis=1)
         hits_r[s:e] = np.cumsum(hist_rel, axis=1)
-        if tie_aware:
+        if tie_aware and query_real is None:
             for i in range(e - s):
                 ap_tie[s + i] = _tie_aware_ap(hist_all[i], hist_rel[i], R, harmonic, log_fact)
+        elif tie_aware:  # tie groups: runs of equal (distance, score) in the ranking
+            for i in range(e - s):
+                ds, ss, rs = dist[i, full[i]], score[i, full[i]], rel[i, full[i]]
+                starts = np.flatnonzero(np.r_[True, (ds[1:] != ds[:-1]) | (ss[1:] != ss[:-1])])
+                sizes = np.diff(np.r_[starts, nd])
+                ap_tie[s + i] = _tie_aware_ap(sizes, np.add.reduceat(rs.astype(np.int64), starts), R, harmonic,
+                                              log_fact)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         prec_r = np.where(retrieved_r > 0, hits_r / np.maximum(retrieved_r, 1), np.nan)

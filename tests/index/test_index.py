@@ -166,7 +166,7 @@ def test_empty_index_pads():
 
 # ---- radius search ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [16, 32, 64, 128])
-def test_radius_search_hash_tables_are_exact(bits):
+def test_radius_search_plans_are_exact(bits):
     rng = np.random.default_rng(bits)
     q = rand_codes(rng, 12, bits)
     db = np.concatenate([rand_codes(rng, 25_000, bits), planted(rng, q, 40, bits, 6)])
@@ -175,17 +175,38 @@ def test_radius_search_hash_tables_are_exact(bits):
     f.add(db)
     r.add(db)
     assert hash_layout(bits)[0] == ("multihash" if bits >= 64 else "hash")
-    # r=2 at this size goes through the multi-hash tables for 64+ bits; one table on 16/32 bits needs C(b, <=2)
-    # probes, more than a scan of 25k short codes costs
-    assert f.range_plan(2) == ("hash" if bits >= 64 else "flat")
     for radius in (0, 1, 2, 3, 5):
         ref = r.range_search(q, radius)
         assert sum(len(i) for i, _ in ref) > 0
-        assert_same_ranges(f.range_search(q, radius, method="hash"), ref)
-        assert_same_ranges(f.range_search(q, radius, method="flat"), ref)
-        assert_same_ranges(f.range_search(q, radius), ref)
-    assert f.range_plan(bits // 2) == "flat"  # a large radius is cheaper as a flat scan
+        for method in ("auto", "flat", "distinct", "hash", "faiss", "multihash"):
+            assert_same_ranges(f.range_search(q, radius, method=method), ref)
+        assert_same_ranges(f.range_search(q[:1], radius), ref[:1])
+    if bits >= 64:  # all codes distinct: a large radius is cheaper as a flat scan
+        assert f.range_plan(bits // 2) == "flat"
     assert_same_ranges(f.range_search(q, bits // 2), r.range_search(q, bits // 2))
+    with pytest.raises(ValueError, match="unknown radius method"):
+        f.range_search(q, 2, method="bogus")
+
+
+@pytest.mark.parametrize("bits", [16, 64, 128])
+def test_every_topk_plan_is_exact(bits):
+    rng = np.random.default_rng(bits + 1)
+    q = rand_codes(rng, 10, bits)
+    db = np.concatenate([rand_codes(rng, 6_000, bits, low_entropy=True), planted(rng, q, 60, bits, 3),
+                         rand_codes(rng, 3_000, bits)])
+    db = db[rng.permutation(len(db))]
+    f, r = create_index("faiss", bits), create_index("numpy", bits)
+    ids = rng.permutation(100_000)[: len(db)]
+    f.add(db, ids=ids)
+    r.add(db, ids=ids)
+    qs = np.concatenate([q, db[:5]])
+    for k in (1, 10, 100, 1000):
+        ref = r.search(qs, k)
+        for method in ("auto", "flat", "distinct", "hash", "faiss"):
+            assert_same_topk(f.search(qs, k, method=method), ref)
+            assert_same_topk(f.search(qs[:1], k, method=method), (ref[0][:1], ref[1][:1]))
+    with pytest.raises(ValueError, match="unknown search method"):
+        f.search(qs, 3, method="bogus")
 
 
 def test_radius_hash_tables_follow_adds_and_removes():
@@ -195,15 +216,19 @@ def test_radius_hash_tables_follow_adds_and_removes():
     for index in (f, r):
         index.add(rand_codes(np.random.default_rng(1), 20_000, 64))
     f.build_hash()
+    f.build_layer()
     near = planted(rng, q, 10, 64, 2)
     f.add(near)
     r.add(near)
-    assert_same_ranges(f.range_search(q, 2, method="hash"), r.range_search(q, 2))
+    for method in ("multihash", "hash", "distinct", "auto"):
+        assert_same_ranges(f.range_search(q, 2, method=method), r.range_search(q, 2))
     gone = f.range_search(q, 2)[0][1][:5]
     f.remove(gone)
     r.remove(gone)
-    assert_same_ranges(f.range_search(q, 2, method="hash"), r.range_search(q, 2))
-    assert_same_topk(f.search(q, 30), r.search(q, 30))
+    for method in ("multihash", "hash", "distinct", "auto"):
+        assert_same_ranges(f.range_search(q, 2, method=method), r.range_search(q, 2))
+    for method in ("hash", "distinct", "auto"):
+        assert_same_topk(f.search(q, 30, method=method), r.search(q, 30))
 
 
 # ---- the index file ------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ def register(sub) -> None:
     p.add_argument("--codes", help="score a .npz with query_codes, db_codes, query_labels, db_labels instead")
     p.add_argument("--topk", type=int, help="R of mAP@R (default: the protocol's own; 0 = all)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--rerank", action="store_true",
+                   help="rank items at equal Hamming distance by <tanh(z_q), b_d> (the query's real-valued outputs; "
+                        "a run only; printed, metrics.json keeps the protocol's ranking)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
@@ -20,12 +23,14 @@ def register(sub) -> None:
 
 def print_summary(r: dict) -> None:
     top = "ALL" if r.get("topk") in (None, 0) else r["topk"]
-    print(f"{r.get('method', 'codes')}  {r['bits']} bits  queries={r['num_queries']}  database={r['num_database']}")
+    rerank = "  (ties ranked by <tanh(z_q), b_d>)" if r.get("rerank") else ""
+    print(f"{r.get('method', 'codes')}  {r['bits']} bits  queries={r['num_queries']}  database={r['num_database']}"
+          f"{rerank}")
     print(f"  mAP@{top:<6}        {r['mAP']:.4f}")
     print(f"  mAP@{top:<6} (ties)  {r['mAP_tie_aware']:.4f}")
     print(f"  P@H<=2            {r['precision_hamming2']:.4f}")
     pn = r["precision_at_n"]
-    shown = [n for n in ("100", "500", "1000") if n in pn]
+    shown = [n for n in ("10", "100", "500", "1000") if n in pn]
     if shown:
         print("  " + "  ".join(f"P@{n}={pn[n]:.4f}" for n in shown))
 
@@ -33,6 +38,8 @@ def print_summary(r: dict) -> None:
 def run(args) -> int:
     if bool(args.run) == bool(args.codes):
         raise AttnHashError("give either a run folder or --codes FILE.npz")
+    if args.codes and args.rerank:
+        raise AttnHashError("--rerank needs a run folder (the queries' real-valued outputs), not --codes")
     if args.codes:
         from attnhash.codefile import SplitCodes
         from attnhash.metrics import evaluate_retrieval
@@ -48,7 +55,7 @@ def run(args) -> int:
 
         topk = args.topk
         _, result = evaluate_run(args.run, topk=topk, progress=not args.json, plots=not args.no_plots,
-                                 device=args.device)
+                                 device=args.device, rerank=args.rerank)
     if args.json:
         print(json.dumps(result))
     else:

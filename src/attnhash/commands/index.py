@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
 import numpy as np
 
+from attnhash.commands.location import (
+    add_location_args,
+    backend_of,
+    describe,
+    milvus_options,
+    milvus_uri,
+    open_location,
+)
 from attnhash.errors import DataError
 
 _WAIT_HELP = ("if another writer holds the index (a service, another `index` command), wait up to this many "
@@ -41,20 +50,21 @@ def register(sub) -> None:
     b.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's checkpoint; onnx: its exported model.onnx (the same codes and fingerprint)")
     b.add_argument("--root", help="root folder for the paths of a list file / where the dataset lives")
-    b.add_argument("--out", "-o", required=True, help="index file to write")
-    b.add_argument("--backend", default="faiss", choices=["faiss", "numpy"], help="backend used while building")
+    b.add_argument("--out", "-o", help="index file to write (with --backend milvus: the milvus-lite database file, "
+                                       "unless --uri names the database)")
+    add_location_args(b)
     b.add_argument("--limit", type=int, help="index only the first N images")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default="auto")
     b.add_argument("--force", action="store_true", help="overwrite an existing index file")
     b.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
-
     b.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     b.set_defaults(func=run_build)
 
     a = isub.add_parser("add", help="encode more images and add them to an index file")
-    a.add_argument("index", help="index file")
+    a.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
+    add_location_args(a)
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a list file, an image folder, a dataset name or an .npz")
     src.add_argument("--codes", nargs="+", metavar="NPZ", help=".npz files written by `attnhash encode`, in order")
@@ -65,19 +75,20 @@ def register(sub) -> None:
     a.add_argument("--device", default="auto")
     a.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: skip it, list it in <index>.skipped.tsv)")
-
     a.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     a.set_defaults(func=run_add)
 
     r = isub.add_parser("remove", help="remove items by id")
-    r.add_argument("index", help="index file")
+    r.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
     r.add_argument("ids", nargs="*", type=item_id, help="ids to remove")
+    add_location_args(r)
     r.add_argument("--ids-file", help="a text file with one id per line")
     r.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=_WAIT_HELP)
     r.set_defaults(func=run_remove)
 
     i = isub.add_parser("info", help="describe an index file and check its integrity")
-    i.add_argument("index", help="index file")
+    i.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite file; left out with --uri)")
+    add_location_args(i)
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--no-verify", action="store_true", help="skip the payload checksums (very large files)")
     i.set_defaults(func=run_info)
@@ -91,17 +102,23 @@ def _open_source(args):
     return source, indices
 
 
-def _writer_lock(path: str, args: argparse.Namespace):
-    """The index's writer lock, held from before it is read until after it is saved (one writer at a time)."""
+def _writer_lock(path: str | None, args: argparse.Namespace):
+    """The index file's writer lock, held from before it is read until after it is saved (one writer at a time).
+    A Milvus collection keeps its own consistency: no lock file beside it."""
     from attnhash.index.lock import IndexLock
 
+    if backend_of(args) == "milvus":
+        return contextlib.nullcontext()
     return IndexLock(path, f"attnhash index {args.index_command} {path}", wait=args.wait)
 
 
 def run_build(args: argparse.Namespace) -> int:
     from attnhash.inference.distributed import Distributed
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if backend_of(args) != "milvus":
+        if not args.out:
+            raise DataError("give the index file to write (--out)")
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if not Distributed.from_env().is_main:  # under torchrun only the first process writes the index
         return _build(args)
     with _writer_lock(args.out, args):
@@ -116,13 +133,21 @@ def _build(args: argparse.Namespace) -> int:
     from attnhash.inference.onnx_engine import load_encoder
     from attnhash.retrieval import Retriever
 
-    if os.path.exists(args.out) and not args.force:
+    backend = backend_of(args)
+    options: dict = {}
+    if backend == "milvus":
+        if args.out and args.uri:
+            raise DataError("give --out (a milvus-lite database file) or --uri, not both")
+        options = {**milvus_options(args), "uri": milvus_uri(args, args.out), "overwrite": args.force, "new": True}
+    elif os.path.exists(args.out) and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite it")
     encoder = load_encoder(args.run, args.engine, args.device)
     dist = Distributed.from_env()
     parts: list[str] = []
     if args.images and dist.active:
         # torchrun: every process encodes its share into a file of its own; the first merges them in order
+        if backend == "milvus" and not args.out:
+            raise DataError("under torchrun give --out (a milvus-lite file) or build from --codes files")
         source, indices = _open_source(args)
         part = f"{args.out}.part{dist.rank}-of-{dist.world_size}.npz"
         skipped = None if args.strict else Skipped()
@@ -135,22 +160,25 @@ def _build(args: argparse.Namespace) -> int:
         parts = [f"{args.out}.part{r}-of-{dist.world_size}.npz" for r in range(dist.world_size)]
     if args.codes or parts:
         files = args.codes or parts
-        retriever = Retriever.create(encoder, backend=args.backend, source=args.images or ",".join(files),
-                                     class_names=encoder.class_names)
+        retriever = Retriever.create(encoder, backend=backend, source=args.images or ",".join(files),
+                                     class_names=encoder.class_names, **options)
         for path in files:  # one file at a time: the whole set of images is never held at once
             retriever.add_codes(CodeSet.load(path), path)
     else:
         source, indices = _open_source(args)
-        retriever = Retriever.create(encoder, backend=args.backend, source=source)
+        retriever = Retriever.create(encoder, backend=backend, source=source, **options)
         skipped = None if args.strict else Skipped()
         retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=True,
                              skipped=skipped)
-        _report_skipped(skipped, args.out)
-    retriever.save(args.out)
+        _report_skipped(skipped, args.out or "milvus")
+    index = retriever.index
+    if backend == "milvus":
+        index.save_info()
+    else:
+        retriever.save(args.out)
     for part in parts:
         os.unlink(part)
-    index = retriever.index
-    print(f"{len(index)} items, {index.bits}-bit codes -> {args.out}")
+    print(f"{len(index)} items, {index.bits}-bit codes -> {describe(args, args.out)}")
     return 0
 
 
@@ -163,6 +191,14 @@ def _report_skipped(skipped, output: str) -> None:
         print(skipped.summary(report), file=sys.stderr)
 
 
+def _save(retriever, path: str | None) -> None:
+    """Write an index file back; a Milvus collection is already up to date (its metadata is written)."""
+    if getattr(retriever.index, "persistent", False):
+        retriever.index.save_info()
+    else:
+        retriever.save(path)
+
+
 def run_add(args: argparse.Namespace) -> int:
     with _writer_lock(args.index, args):
         return _add(args)
@@ -173,23 +209,26 @@ def _add(args: argparse.Namespace) -> int:
     from attnhash.data import Skipped
     from attnhash.retrieval import Retriever
 
-    retriever = Retriever.open(args.index, args.run, device=args.device, load_model=not args.codes)
+    path, backend, options = open_location(args, args.index)
+    retriever = Retriever.open(path, args.run, backend=backend, device=args.device, load_model=not args.codes,
+                               **options)
     if args.codes:
-        new = np.concatenate([retriever.add_codes(CodeSet.load(path), path) for path in args.codes])
+        new = np.concatenate([retriever.add_codes(CodeSet.load(p), p) for p in args.codes])
     else:
         source, indices = _open_source(args)
         skipped = None if args.strict else Skipped()
         new = retriever.add_source(source, indices=indices, batch_size=args.batch_size, progress=True,
                                    skipped=skipped)
-        _report_skipped(skipped, args.index)
-    retriever.save(args.index)
-    index = retriever.index
+        _report_skipped(skipped, path if backend != "milvus" else "milvus")
+    _save(retriever, path)
     span = f" (ids {new[0]}..{new[-1]})" if len(new) else ""
-    print(f"added {len(new)} items{span}; {args.index} now holds {len(index)}")
+    print(f"added {len(new)} items{span}; {describe(args, args.index)} now holds {len(retriever.index)}")
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    if args.uri and args.index is not None:  # no INDEX with --uri: the first number was an id
+        args.ids, args.index = [item_id(args.index), *args.ids], None
     ids = list(args.ids)
     if args.ids_file:
         try:
@@ -206,28 +245,35 @@ def run_remove(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace, ids: list[int]) -> int:
     from attnhash.index import open_index
 
-    index = open_index(args.index)
+    path, backend, options = open_location(args, args.index)
+    index = open_index(path, backend=backend, **options)
     removed = index.remove(np.asarray(ids, dtype=np.int64))
-    if removed:
-        index.save(args.index)
-    print(f"removed {removed} of {len(set(ids))} ids; {args.index} now holds {len(index)}")
+    if removed and not getattr(index, "persistent", False):
+        index.save(path)
+    print(f"removed {removed} of {len(set(ids))} ids; {describe(args, args.index)} now holds {len(index)}")
     return 0 if removed == len(set(ids)) else 1
 
 
 def run_info(args: argparse.Namespace) -> int:
     from attnhash.index import open_index, read_header
 
-    head = read_header(args.index)
-    index = open_index(args.index, verify=not args.no_verify)
+    path, backend, options = open_location(args, args.index)
+    if backend == "milvus":
+        index = open_index(path, backend=backend, **options)
+        where = {"uri": index.uri, "collection": index.collection}
+    else:
+        head = read_header(path)
+        index = open_index(path, backend=backend, verify=not args.no_verify)
+        where = {"path": path, "format_version": head["version"], "file_bytes": head["size"]}
     info = {
-        "path": args.index,
-        "format_version": head["version"],
-        "file_bytes": head["size"],
+        **where,
+        "backend": backend,
         "count": len(index),
         "bits": index.bits,
         "next_id": int(index.next_id),
         "fingerprint": index.fingerprint,
-        "verified": not args.no_verify,
+        "verified": not args.no_verify and backend != "milvus",
+        **index.distinct_codes(),
         **{k: v for k, v in index.info.items() if k != "class_names"},
         "classes": len(index.info.get("class_names") or []),
         "class_names": index.info.get("class_names") or [],

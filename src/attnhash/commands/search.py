@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from attnhash.commands.index import item_id
+from attnhash.commands.location import add_location_args, open_location, shift_index_positional
 from attnhash.errors import DataError
 
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="search an index with query images (Hamming top-k or radius)")
-    p.add_argument("index", help="index file")
+    p.add_argument("index", nargs="?",
+                   help="index file (milvus: the milvus-lite database file; left out with --uri)")
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="query image files (or item references such as dataset:fmnist#12)")
     p.add_argument("--id", dest="ids", type=item_id, action="append", default=[],
@@ -26,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--max-results", type=int, default=1000,
                    help="cap on results per query: the largest k, and where a radius answer is cut (it then says "
                         "how many matched)")
-    p.add_argument("--backend", default="faiss", choices=["faiss", "numpy"])
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank image queries' results at equal distance by <tanh(z_q), b_d> "
+                        "(default: attnhash.retrieval.rerank.DEFAULT)")
+    add_location_args(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -34,7 +37,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from attnhash.data import open_item_ref
     from attnhash.retrieval import Retriever
+    from attnhash.retrieval.rerank import DEFAULT as RERANK_DEFAULT
 
+    shift_index_positional(args, "images")
     if not args.images and not args.ids:
         raise DataError("give query images, or --id ID of an item in the index")
     k = None if args.radius is not None else (args.k or 10)
@@ -46,18 +51,21 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--k {k} is more than --max-results {args.max_results}; raise --max-results to ask for more")
     if args.radius is not None and args.radius < 0:
         raise DataError(f"--radius must be >= 0, got {args.radius}")
-    retriever = Retriever.open(args.index, args.run, backend=args.backend, device=args.device,
-                               load_model=bool(args.images))
+    path, backend, options = open_location(args, args.index)
+    retriever = Retriever.open(path, args.run, backend=backend, device=args.device, load_model=bool(args.images),
+                               **options)
+    rerank = RERANK_DEFAULT if args.rerank is None else args.rerank
     queries: list[str] = []
-    codes = []
+    answers = []
     if args.images:
-        codes.append(retriever.encode_images([open_item_ref(ref) for ref in args.images]))
+        codes, real = retriever.encode_images_for_search([open_item_ref(ref) for ref in args.images], rerank)
+        answers += retriever.search_answers(codes, k=k, radius=args.radius, max_results=args.max_results,
+                                            query_real=real)
         queries += list(args.images)
-    if args.ids:
-        codes.append(retriever.codes_of(args.ids))
+    if args.ids:  # an item's stored code has no real-valued outputs: plain Hamming ranking
+        answers += retriever.search_answers(retriever.codes_of(args.ids), k=k, radius=args.radius,
+                                            max_results=args.max_results)
         queries += [f"id:{i}" for i in args.ids]
-    q = np.concatenate(codes)
-    answers = retriever.search_answers(q, k=k, radius=args.radius, max_results=args.max_results)
     if args.json:
         print(json.dumps([{"query": name, **answer} for name, answer in zip(queries, answers)], indent=2))
         return 0

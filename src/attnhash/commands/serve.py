@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from attnhash.commands.location import add_location_args, describe, open_location
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an index: HTTP API + web page (search by image or id, add, remove)")
-    p.add_argument("index", help="index file")
+    p.add_argument("index", nargs="?", help="index file (milvus: the milvus-lite database file; left out with --uri)")
     p.add_argument("--run", help="run folder of the model (default: the one recorded in the index)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -30,12 +32,16 @@ def register(sub) -> None:
                    help="megapixels all requests together may hold decoded (1-4 bytes each); past it, uploads "
                         "wait, then get 503")
     p.add_argument("--uploads-max-mb", type=float, default=1024.0, help="size limit of the uploads folder")
-    p.add_argument("--backend", default="faiss", choices=["faiss", "numpy"])
+    add_location_args(p)
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank image searches' results at equal distance by <tanh(z_q), b_d> unless a request says "
+                        "otherwise (default: attnhash.retrieval.rerank.DEFAULT)")
     p.add_argument("--no-persist", action="store_true",
                    help="keep adds/removes in memory only (default: rewrite the index file atomically)")
     p.add_argument("--radius-tables", action="store_true",
-                   help="build the radius-search hash tables at start-up, in the background (large indexes: "
-                        "otherwise the first radius query builds them; ~1 min and ~0.9 GB for 1e7 64-bit codes)")
+                   help="build the search structures (the distinct-code layer) at start-up, in the background "
+                        "(large indexes: otherwise the searches build it once they have cost as much; "
+                        "~4 s and ~0.5 GB for 1e7 64-bit codes)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (info logs every request)")
     p.add_argument("--device", default="auto")
@@ -64,15 +70,18 @@ def run(args: argparse.Namespace) -> int:
                            max_waiting=4 * args.max_concurrent, global_pixels=int(args.pixel_budget_mp * 1e6),
                            uploads_max_mb=args.uploads_max_mb)
     token = load_token(args.token_file)
-    app = create_app(args.index, args.run, backend=args.backend, persist=not args.no_persist, device=args.device,
+    path, backend, options = open_location(args, args.index)
+    app = create_app(path, args.run, backend=backend, persist=not args.no_persist, device=args.device,
                      radius_tables=args.radius_tables, token=token, limits=limits, lock_wait=args.wait,
                      allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
-                     allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()])
+                     allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
+                     index_options=options, rerank=args.rerank)
     svc = app.state.service
     model = svc.encoder.run_dir if svc.encoder is not None else f"none ({svc.encoder_error})"
     writes = ("off (no token: set ATTNHASH_TOKEN or --token-file)" if token is None
               else "on, with the token" + ("" if not args.no_persist else ", in memory only"))
-    print(f"serving {args.index}: {len(svc.index)} items, {svc.index.bits}-bit codes, model {model}; writes {writes}")
+    print(f"serving {describe(args, args.index)}: {len(svc.index)} items, {svc.index.bits}-bit codes, model {model}; "
+          f"writes {writes}")
     print(f"web page: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs")
     run_server(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from attnhash.codefile import SplitCodes
+from attnhash.codes import pack_codes, sign
 from attnhash.data import RunData, Skipped, prepare_data
 from attnhash.errors import DataError
 from attnhash.evaluation.plots import plot_run
@@ -55,9 +56,23 @@ def encode_split(run_dir: str | Path, encoder: Encoder | None = None, data: RunD
     return codes
 
 
+def query_outputs(encoder: Encoder, codes: SplitCodes, progress: bool = True) -> np.ndarray:
+    """The real-valued outputs z of the run's query set (the ranking of ties by score needs them)."""
+    data = prepare_data(encoder.config.data)
+    z = encoder.encode_source_outputs(data.source, codes.query_index if codes.query_index is not None
+                                      else data.query, progress=progress, use_stage_cache=True)
+    if not np.array_equal(pack_codes(sign(z)), codes.query_codes):
+        raise DataError(f"{encoder.run_dir}: the query outputs do not give the cached query codes; remove "
+                           "codes.npz from the run folder and evaluate again")
+    return z
+
+
 def evaluate_run(run_dir: str | Path, topk: int | None = None, progress: bool = True, plots: bool = True,
-                 device: str = "auto") -> tuple[RetrievalMetrics, dict]:
-    """Score a run on its protocol; writes metrics.json (and plots/) into the run folder."""
+                 device: str = "auto", rerank: bool = False) -> tuple[RetrievalMetrics, dict]:
+    """Score a run on its protocol; writes metrics.json (and plots/) into the run folder.
+
+    rerank: rank items at equal Hamming distance by <tanh(z_q), b_d>; the result is returned with
+    "rerank": true and not saved (metrics.json keeps the protocol's ranking, ties by database index)."""
     run = RunFolder(run_dir)
     encoder = Encoder(run, device=device)
     codes = encode_split(run, encoder, progress=progress)
@@ -65,10 +80,11 @@ def evaluate_run(run_dir: str | Path, topk: int | None = None, progress: bool = 
         topk = encoder.config.eval.topk
     if topk is None:
         topk = codes.topk
+    real = query_outputs(encoder, codes, progress) if rerank else None
     t0 = time.time()
     metrics = evaluate_retrieval(
         codes.query_codes, codes.db_codes, codes.query_labels, codes.db_labels,
-        topk=topk, bits=encoder.bits, tie_aware=encoder.config.eval.tie_aware,
+        topk=topk, bits=encoder.bits, tie_aware=encoder.config.eval.tie_aware, query_real=real,
     )
     cfg = encoder.config
     result = {
@@ -85,7 +101,10 @@ def evaluate_run(run_dir: str | Path, topk: int | None = None, progress: bool = 
         "train_images_per_s": encoder.meta.get("images_per_second"),
         "fingerprint": encoder.fingerprint,
         "code": encoder.meta.get("code"),
+        "rerank": rerank,
     }
+    if rerank:
+        return metrics, result
     run.save_metrics(result)
     if plots:
         plot_run(result, run.plots_dir)

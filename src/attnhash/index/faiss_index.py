@@ -1,7 +1,10 @@
-"""The default backend: FAISS binary indexes.
+"""The default backend: codes stored in a FAISS binary index, searched by attnhash's compiled exact search.
 
-- top-k: exact Hamming ranking on `IndexBinaryFlat`. FAISS's heaps order equal distances by label and the
-  labels are insertion positions, so ties come out in insertion order, as in the reference.
+- search: `attnhash.index.planner.ExactSearch` (a compiled flat scan, the distinct-code layer and a planner
+  between them; see that module), exactly the ids, distances and tie order of `IndexBinaryFlat` sorted by
+  (distance, position). Without numba, FAISS itself answers: `IndexBinaryFlat` top-k (its heaps order equal
+  distances by label, the labels are insertion positions, so ties come out in insertion order) and the radius
+  plan below. `method="faiss"` asks for FAISS's own flat scan in any case (the reference of the benchmarks).
 - removal: `IndexBinaryFlat.remove_ids` compacts the code array in place, keeping order, so positions stay
   dense and ties stay in insertion order (O(n) per call, batched removals cost one pass).
 - radius search: hash tables built on first use and kept up to date on adds (dropped on removal):
@@ -12,7 +15,9 @@
   only lower that count), so nflip = r // nhash; with one table on b bits, nflip = r. The piece width b is
   chosen when the tables are built to minimise the expected work of a radius-2 query at the current size
   (few probes, small buckets: 3 x 21 bits for 1e7 64-bit codes), and a cost model picks the tables or a
-  flat range scan per query batch, whichever reads less (the flat scan wins for large radii).
+  flat range scan per query batch, whichever reads less (the flat scan wins for large radii). These tables
+  are `method="multihash"` now; the planner of the compiled search does not use them (on learned codes each
+  bucket holds a query's whole cluster: slower than a flat scan).
   FAISS's range_search keeps distances strictly below its threshold, so it is given radius + 1.
 """
 
@@ -25,9 +30,16 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from attnhash.index import scan
 from attnhash.index.base import LocalIndex, sort_range_hits
+from attnhash.index.compiled import REASON
+from attnhash.index.distinct import distinct_summary
+from attnhash.index.planner import PLANS, ExactSearch
 
-__all__ = ["FaissIndex", "hash_layout"]
+__all__ = ["FaissIndex", "hash_layout", "TOPK_METHODS", "RANGE_METHODS"]
+
+TOPK_METHODS = (*PLANS, "faiss")
+RANGE_METHODS = (*PLANS, "faiss", "multihash")
 
 # Rough per-operation costs (ns) on the development machine, used only to choose layouts and plans.
 _NS_PER_PROBE = 100.0  # one hash-table lookup
@@ -68,6 +80,7 @@ class FaissIndex(LocalIndex):
         self._kind, self._nhash, self._b = hash_layout(self.code_size * 8)
         self._hash_n = 0  # size when the tables were built: they are re-laid out after 4x growth
         self._hash_lock = threading.Lock()  # concurrent radius queries may race to build the tables
+        self._exact = ExactSearch(self._codes_view, self.bits) if scan.COMPILED else None
 
     # ---- storage hooks ------------------------------------------------------------------------------
     def _store_codes(self, codes: np.ndarray) -> None:
@@ -78,6 +91,8 @@ class FaissIndex(LocalIndex):
         else:
             self._flat.add(codes)
             self._hash.add(codes)
+        if self._exact is not None:
+            self._exact.added(codes)
 
     def _compact_codes(self, keep: np.ndarray) -> None:
         if self._hash is not None and self._kind == "multihash":
@@ -85,6 +100,8 @@ class FaissIndex(LocalIndex):
         else:
             self._flat.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep).astype(np.int64)))
             self._hash = None  # the hash tables have no removal: rebuilt on the next radius search
+        if self._exact is not None:
+            self._exact.compacted(keep)
 
     def _drop_hash(self, keep: np.ndarray | None = None) -> None:
         """Forget the hash tables; a multi-hash index owns the code storage, so move the codes out first."""
@@ -102,12 +119,33 @@ class FaissIndex(LocalIndex):
         return faiss.rev_swig_ptr(self._flat.xb.data(), n * self.code_size).reshape(n, self.code_size)
 
     def memory_bytes(self) -> int:
-        """ids + metadata + the flat codes (+ the hash tables' id lists when built, a lower bound)."""
+        """ids + metadata + the flat codes (+ the distinct-code layer, + the hash tables' id lists when built,
+        a lower bound)."""
         total = super().memory_bytes() + self._flat.xb.size()
         if self._hash is not None:
             n = self._flat.ntotal
             total += 8 * n * self._nhash + (0 if self._kind == "multihash" else n * self.code_size)
+        if self._exact is not None and self._exact.layer is not None:
+            total += self._exact.layer.memory_bytes()
         return total
+
+    # ---- the compiled search ------------------------------------------------------------------------------
+    def build_layer(self) -> None:
+        """Build the distinct-code layer now (otherwise built when the searches so far have cost as much)."""
+        if self._exact is not None:
+            self._exact.prepare()
+
+    def search_stats(self) -> dict[str, Any]:
+        """How searches are answered: compiled or not, the distinct-code layer and the measured costs."""
+        if self._exact is None:
+            return {"compiled": False, "reason": REASON}
+        return {"compiled": True, **self._exact.stats(), "last_plan": self._exact.last_plan}
+
+    def distinct_codes(self) -> dict[str, int]:
+        """Distinct codes and the largest group of equal codes (from the layer when built)."""
+        if self._exact is not None and self._exact.layer is not None:
+            return self._exact.layer.stats()
+        return distinct_summary(self._codes_view())
 
     @property
     def hash_tables(self) -> dict[str, Any] | None:
@@ -117,12 +155,39 @@ class FaissIndex(LocalIndex):
         return {"kind": self._kind, "nhash": self._nhash, "b": self._b, "built_at_n": self._hash_n}
 
     # ---- top-k --------------------------------------------------------------------------------------
-    def _search_positions(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._flat.search(q, k)
+    def _search_positions(self, q: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        if method == "faiss" or self._exact is None:
+            return self._flat.search(q, k)
+        return self._exact.topk(q, k, method)  # type: ignore[arg-type]
+
+    def search(self, queries: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k; `method` forces a plan ("flat", "distinct", "hash", or "faiss": FAISS's own scan);
+        every plan gives the same result."""
+        if method not in TOPK_METHODS:
+            raise ValueError(f"unknown search method {method!r}; one of {', '.join(TOPK_METHODS)}")
+        if method == "auto":
+            return super().search(queries, k)
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        q = self._queries(queries)
+        dist, pos = self._search_positions(q, k, method)
+        ids = self._ids.view
+        pad = pos < 0
+        out = ids[np.where(pad, 0, pos)] if len(ids) else np.zeros(pos.shape, dtype=np.int64)
+        out[pad] = -1
+        dist[pad] = -1
+        return dist, out
 
     # ---- radius -------------------------------------------------------------------------------------
-    def range_plan(self, radius: int) -> Literal["hash", "flat"]:
-        """Which structure answers a radius query: the hash tables when they read less than a flat scan."""
+    def range_plan(self, radius: int) -> str:
+        """Which plan answers a radius query: the compiled search's ("flat", "distinct" or "hash"), or without
+        numba FAISS's ("multihash" tables when they read less than a flat scan, else "faiss")."""
+        if self._exact is not None:
+            return self._exact.radius_plan(radius)
+        return "multihash" if self._faiss_range_plan(radius) == "hash" else "faiss"
+
+    def _faiss_range_plan(self, radius: int) -> Literal["hash", "flat"]:
         n = self._flat.ntotal
         if n < _MIN_HASH_N:
             return "flat"
@@ -154,7 +219,12 @@ class FaissIndex(LocalIndex):
         self._hash_n = n
 
     def _range_positions(self, q: np.ndarray, radius: int, method: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
-        plan = self.range_plan(radius) if method == "auto" else method
+        if method in PLANS and self._exact is not None:
+            return self._exact.radius(q, radius, method)  # type: ignore[arg-type]
+        if method == "auto":
+            plan = self._faiss_range_plan(radius)
+        else:
+            plan = {"multihash": "hash", "faiss": "flat", "flat": "flat"}.get(method, "hash")
         if plan == "hash":
             # nflip is a field of the shared index: build, set and search under one lock so concurrent radius
             # queries with different radii cannot see each other's setting
@@ -170,8 +240,11 @@ class FaissIndex(LocalIndex):
         qidx = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))
         return sort_range_hits(qidx, d, p, len(q))
 
-    def range_search(self, queries: np.ndarray, radius: int, method: Literal["auto", "hash", "flat"] = "auto"):
-        """Exact radius search; `method` forces the hash tables or the flat scan (both give the same result)."""
+    def range_search(self, queries: np.ndarray, radius: int, method: str = "auto"):
+        """Exact radius search; `method` forces a plan of the compiled search ("flat", "distinct", "hash"),
+        FAISS's flat range scan ("faiss") or FAISS's multi-hash tables ("multihash"): all give the same result."""
+        if method not in RANGE_METHODS:
+            raise ValueError(f"unknown radius method {method!r}; one of {', '.join(RANGE_METHODS)}")
         if method == "auto":
             return super().range_search(queries, radius)
         radius = int(radius)

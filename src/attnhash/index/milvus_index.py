@@ -2,17 +2,23 @@
 
 Embedded by default: `uri=None` starts milvus-lite (2.5.x; 3.x has no binary vectors) on a database file in a
 temporary folder removed by `close()`; `uri="path/x.db"` keeps an embedded database on disk; a server or
-cluster is reached with `uri="http://host:19530"` (and `token`).
+cluster is reached with `uri="http://host:19530"` (and `token`). `MilvusIndex.connect(uri, collection)` (or
+`open_index(uri, backend="milvus")`) attaches to a collection attnhash made, reading its code length, model
+fingerprint and metadata from the state beside it. Changes are durable in the collection as they happen
+(`persistent`): `save(path)` exports an index file, nothing needs saving.
 
 Schema of the data collection: `id` INT64 primary key (the item id), `seq` INT64 (insertion order, used to
 break distance ties like the other backends), `code` BINARY_VECTOR(bits), `meta` VARCHAR (item metadata as
 JSON). A one-row companion collection `<name>_attnhash` stores the index-level state (bits, fingerprint,
 info, next id, next seq), since milvus-lite cannot alter collection properties.
 
-Exactness: Milvus caps a search at 16384 results per query. Top-k rows are re-sorted by (distance, seq);
-when the k-th distance ties with items left out, a range search for exactly that distance fetches them all
-(up to the cap) so the row holds the ties of lowest seq, as in the reference. Radius searches that reach the
-cap are split per distance; one distance with more than 16384 items is refused with an error.
+Exactness: Milvus caps a search at 16384 results per query. Top-k asks for k + 1 results: rows whose
+(k+1)-th result lies beyond the k-th distance hold every item up to it and only need sorting by (distance,
+seq); a row whose k-th distance ties with items left out gets a range search for exactly that distance, which
+fetches them all (up to the cap) so the row holds the ties of lowest seq, as in the reference. Radius searches
+that reach the cap are split per distance; one distance with more than 16384 items is refused with an error.
+While every id added is larger than the ones before (the usual case: ids assigned by the index), insertion
+order is id order, and searches sort by id without fetching `seq` from Milvus.
 One writer at a time per collection (the id and seq counters live in the state row).
 """
 
@@ -29,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from attnhash.errors import AttnHashError, IndexFileError
+from attnhash.errors import AttnHashError, DataError, IndexFileError
 from attnhash.index.base import PAD, Index, RangeResult, _as_ids
+from attnhash.index.distinct import distinct_summary
 
 __all__ = ["MilvusIndex", "MILVUS_MAX_TOPK"]
 
@@ -55,10 +62,11 @@ class MilvusIndex(Index):
     """Hamming index stored in a Milvus collection (see module docstring)."""
 
     backend = "milvus"
+    persistent = True  # every change is durable in the collection when the call returns
 
     def __init__(self, bits: int, fingerprint: str | None = None, info: dict[str, Any] | None = None, *,
                  uri: str | None = None, collection: str = "attnhash", token: str = "",
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, new: bool = False, _client_obj: Any = None) -> None:
         super().__init__(bits, fingerprint, info)
         self._tmpdir = None
         if uri is None:
@@ -67,17 +75,40 @@ class MilvusIndex(Index):
         self.uri = uri
         self.collection = collection
         self._state_name = f"{collection}_attnhash"
-        self._c = _client(uri, token)
+        self._c = _client_obj if _client_obj is not None else _client(uri, token)
         self._next_id = 0
         self._next_seq = 0
+        self._ids_increasing = True  # every id added so far larger than the ones before: seq order = id order
         if overwrite:
             for name in (collection, self._state_name):
                 if self._c.has_collection(name):
                     self._c.drop_collection(name)
         if self._c.has_collection(collection):
+            if new:
+                raise DataError(f"Milvus collection {collection!r} exists at {uri}; pass --force to replace it")
             self._attach()
         else:
             self._create()
+        self.path = f"{self.uri}#{self.collection}"
+
+    @classmethod
+    def connect(cls, uri: str, collection: str = "attnhash", token: str = "", fingerprint: str | None = None
+                ) -> MilvusIndex:
+        """Attach to a collection made by attnhash (its code length and model are read from its state)."""
+        client = _client(uri, token)
+        try:
+            state_name = f"{collection}_attnhash"
+            if not client.has_collection(collection) or not client.has_collection(state_name):
+                raise DataError(f"no attnhash collection {collection!r} at Milvus {uri}; make one with "
+                                f"`attnhash index build RUN --backend milvus --uri {uri} --collection {collection}`")
+            rows = client.get(state_name, ids=[0], output_fields=["state"])
+            if not rows:
+                raise DataError(f"Milvus collection {collection!r} at {uri} has no attnhash state")
+            bits = int(json.loads(rows[0]["state"])["bits"])
+        except BaseException:
+            client.close()
+            raise
+        return cls(bits, fingerprint, uri=uri, collection=collection, token=token, _client_obj=client)
 
     # ---- collections --------------------------------------------------------------------------------
     def _create(self) -> None:
@@ -104,8 +135,12 @@ class MilvusIndex(Index):
 
     def _save_state(self) -> None:
         state = {"format": 1, "bits": self.bits, "fingerprint": self.fingerprint, "info": self.info,
-                 "next_id": self._next_id, "next_seq": self._next_seq}
+                 "next_id": self._next_id, "next_seq": self._next_seq, "ids_increasing": self._ids_increasing}
         self._c.upsert(self._state_name, [{"key": 0, "dummy": b"\0", "state": json.dumps(state, default=str)}])
+
+    def save_info(self) -> None:
+        """Write the index-level state (fingerprint, info such as class names, counters) beside the codes."""
+        self._save_state()
 
     def _attach(self) -> None:
         rows = self._c.get(self._state_name, ids=[0], output_fields=["state"]) \
@@ -123,6 +158,7 @@ class MilvusIndex(Index):
         self.info = {**state.get("info", {}), **self.info}
         self._next_id = int(state["next_id"])
         self._next_seq = int(state["next_seq"])
+        self._ids_increasing = bool(state.get("ids_increasing", False))
 
     def close(self) -> None:
         """Close the connection (and delete the temporary embedded database, if this index made one)."""
@@ -198,6 +234,15 @@ class MilvusIndex(Index):
         finally:
             it.close()
 
+    def distinct_codes(self) -> dict[str, int]:
+        """Distinct codes and the largest group of equal codes (reads every code once)."""
+        codes = [_code_bytes(r["code"]) for r in self._iter_rows(["code"])]
+        arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), self.code_size)
+        return distinct_summary(arr)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "uri": self.uri, "collection": self.collection}
+
     def all_ids(self) -> np.ndarray:
         rows = [(int(r["seq"]), int(r["id"])) for r in self._iter_rows(["seq"])]
         rows.sort()
@@ -213,6 +258,8 @@ class MilvusIndex(Index):
             return new_ids
         metas = [json.dumps(md, separators=(",", ":"), ensure_ascii=False) if md else ""
                  for md in (metadata or [None] * m)]
+        if self._ids_increasing and (new_ids.min() < self._next_id or (m > 1 and (np.diff(new_ids) <= 0).any())):
+            self._ids_increasing = False  # ids out of order from now on: ties need the seq field
         for s in range(0, m, _INSERT_BATCH):
             rows = [{"id": int(new_ids[j]), "seq": self._next_seq + j, "code": c[j].tobytes(), "meta": metas[j]}
                     for j in range(s, min(s + _INSERT_BATCH, m))]
@@ -230,16 +277,26 @@ class MilvusIndex(Index):
         return len(present)
 
     # ---- queries ------------------------------------------------------------------------------------
-    def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any] | None = None) -> list[list[tuple[int, int, int]]]:
-        """Per query: list of (distance, seq, id)."""
+    def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any] | None = None, where: str = ""
+                    ) -> list[list[tuple[int, int, int]]]:
+        """Per query: list of (distance, order key, id); the order key is seq, or the id itself while ids
+        follow insertion order (then seq is not fetched, and the ids and distances are read as whole lists)."""
         out: list[list[tuple[int, int, int]]] = []
         search_params = {"metric_type": "HAMMING", "params": params or {}}
+        with_seq = not self._ids_increasing
+        fields = ["seq"] if with_seq else []
         for s in range(0, len(q), _SEARCH_BATCH):
             res = self._c.search(self.collection, data=[row.tobytes() for row in q[s : s + _SEARCH_BATCH]],
-                                 anns_field="code", limit=limit, search_params=search_params,
-                                 output_fields=["seq"])
+                                 anns_field="code", limit=limit, search_params=search_params, output_fields=fields,
+                                 filter=where)
             for hits in res:
-                out.append([(int(round(h["distance"])), int(h["entity"]["seq"]), int(h["id"])) for h in hits])
+                if with_seq:
+                    out.append([(int(h["distance"] + 0.5), int(h["entity"]["seq"]), int(h["id"])) for h in hits])
+                elif hasattr(hits, "ids") and hasattr(hits, "distances"):  # pymilvus >= 2.4: the columns
+                    ids = hits.ids
+                    out.append(list(zip(np.rint(hits.distances).astype(np.int64).tolist(), ids, ids)))
+                else:
+                    out.append([(int(h["distance"] + 0.5), int(h["id"]), int(h["id"])) for h in hits])
         return out
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -249,15 +306,33 @@ class MilvusIndex(Index):
         if k > MILVUS_MAX_TOPK:
             raise ValueError(f"the milvus backend returns at most {MILVUS_MAX_TOPK} results per query, asked k={k}")
         q = self._queries(queries)
-        rows = [sorted(h) for h in self._raw_search(q, k)]
-        # boundary ties: fetch every item at the k-th distance and keep those inserted first
-        by_dist: dict[int, list[int]] = {}
+        limit = min(k + 1, MILVUS_MAX_TOPK)  # one more: tells whether the k-th distance's ties were cut
+        rows = [sorted(h) for h in self._raw_search(q, limit)]
+        # boundary ties: the row must hold the items at the k-th distance inserted first. Those are at or
+        # before the (k - closer)-th of the ones held (in insertion order), so only the items at that distance
+        # up to there are fetched: a range search for exactly that distance, filtered on the order key (which
+        # is cheap when Milvus itself returned the first-inserted ties, as milvus-lite does)
+        key = "seq" if not self._ids_increasing else "id"
+        by_dist: dict[int, list[tuple[int, int]]] = {}
         for i, hits in enumerate(rows):
-            if len(hits) == k:
-                by_dist.setdefault(hits[-1][0], []).append(i)
-        for dk, qs in by_dist.items():
-            ties = self._raw_search(q[qs], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk})
-            for i, at in zip(qs, ties):
+            if (len(hits) > k and hits[k][0] == hits[k - 1][0]) or len(hits) == k == limit:
+                dk = hits[k - 1][0]
+                closer = sum(1 for h in hits if h[0] < dk)
+                upto = sorted(h[1] for h in hits if h[0] == dk)[k - closer - 1]
+                by_dist.setdefault(dk, []).append((i, upto))
+            rows[i] = hits[:k]
+        for dk, entries in by_dist.items():
+            qs = [i for i, _ in entries]
+            bound = max(u for _, u in entries)
+            ties = self._raw_search(q[qs], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk},
+                                    where=f"{key} <= {bound}")
+            for (i, upto), at in zip(entries, ties):
+                if len(at) >= MILVUS_MAX_TOPK:  # capped: ask again for this query alone, with its own bound
+                    at = self._raw_search(q[i : i + 1], MILVUS_MAX_TOPK, {"radius": dk + 1, "range_filter": dk},
+                                          where=f"{key} <= {upto}")[0]
+                    if len(at) >= MILVUS_MAX_TOPK:
+                        raise AttnHashError(f"more than {MILVUS_MAX_TOPK} items tie at Hamming distance {dk}: "
+                                            "too many for one Milvus search; use a smaller k")
                 closer = [h for h in rows[i] if h[0] < dk]
                 rows[i] = closer + sorted(at)[: k - len(closer)]
         dist = np.full((len(q), k), PAD, dtype=np.int32)
@@ -313,9 +388,20 @@ class MilvusIndex(Index):
 
     @classmethod
     def load(cls, path: str, mmap: bool = True, verify: bool = True, **kwargs: Any) -> MilvusIndex:
-        """Load an index file into a (replaced) Milvus collection; kwargs: uri, collection, token."""
-        from attnhash.index.fileformat import read_index_file
+        """Load an index file into a (replaced) Milvus collection; kwargs: uri, collection, token.
 
+        A `path` that is not an attnhash index file (a milvus-lite database file, a server URI) with no `uri`
+        given is where the collection lives: attach to it (kwargs: collection, token, fingerprint)."""
+        from attnhash.index.fileformat import read_header, read_index_file
+
+        if "uri" not in kwargs:
+            try:
+                read_header(path)
+            except IndexFileError:
+                if os.path.isfile(path) or "://" in str(path) or str(path).endswith(".db"):
+                    known = {k: v for k, v in kwargs.items() if k in ("collection", "token", "fingerprint")}
+                    return cls.connect(str(path), **known)
+                raise
         data = read_index_file(path, mmap=mmap, verify=verify)
         kwargs.setdefault("overwrite", True)
         index = cls(data.bits, data.fingerprint, data.info, **kwargs)

@@ -30,11 +30,9 @@ def default_workers(source) -> int:
     return min(4, max(1, (os.cpu_count() or 2) - 1))
 
 
-@torch.inference_mode()
-def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False,
-                       progress: Progress | None = None, start_stage: int = 0, packed: bool = False) -> np.ndarray:
-    """Run the model over batches (uint8 images, or stage outputs when start_stage > 0) and return the codes:
-    {-1,+1} int8 (n, K), sign(0) = +1, or with `packed` the packed bits (n, ceil(K/8)), packed as they come."""
+def _run_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool, progress: Progress | None,
+                 start_stage: int, convert) -> list[np.ndarray]:
+    """The network over batches, each batch's z (float32, on the device) turned into an array by `convert`."""
     model.eval()
     out = []
     for x in batches:
@@ -43,15 +41,34 @@ def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, am
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             z = model(x, start_stage=start_stage)["z"].float()
-        if packed:
-            out.append(np.packbits((z >= 0).cpu().numpy(), axis=1))
-        else:
-            out.append(sign(z).to(torch.int8).cpu().numpy())
+        out.append(convert(z))
         if progress is not None:
             progress.update(len(x))
     if progress is not None:
         progress.close()
+    return out
+
+
+@torch.inference_mode()
+def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False,
+                       progress: Progress | None = None, start_stage: int = 0, packed: bool = False) -> np.ndarray:
+    """Run the model over batches (uint8 images, or stage outputs when start_stage > 0) and return the codes:
+    {-1,+1} int8 (n, K), sign(0) = +1, or with `packed` the packed bits (n, ceil(K/8)), packed as they come."""
+    if packed:
+        out = _run_batches(model, batches, device, amp, progress, start_stage,
+                           lambda z: np.packbits((z >= 0).cpu().numpy(), axis=1))
+    else:
+        out = _run_batches(model, batches, device, amp, progress, start_stage,
+                           lambda z: sign(z).to(torch.int8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.uint8 if packed else np.int8)
+
+
+@torch.inference_mode()
+def outputs_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False,
+                         progress: Progress | None = None, start_stage: int = 0) -> np.ndarray:
+    """As codes_from_batches, but the real-valued hash-layer outputs z (n, K) float32; the codes are sign(z)."""
+    out = _run_batches(model, batches, device, amp, progress, start_stage, lambda z: z.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def image_batches(source, indices: np.ndarray, image_size: int, batch_size: int,
@@ -68,8 +85,9 @@ def image_batches(source, indices: np.ndarray, image_size: int, batch_size: int,
 def encode_indices(model, source, indices, image_size: int, device: torch.device, batch_size: int = 256,
                    progress: bool = False, amp: bool = False, desc: str = "encode",
                    cached_stages: int = 0, skipped: Skipped | None = None, packed: bool = False,
-                   workers: int | None = None) -> np.ndarray:
-    """Codes of source items `indices` through `model` ({-1,+1} int8, or packed bits with `packed`).
+                   workers: int | None = None, outputs: bool = False) -> np.ndarray:
+    """Codes of source items `indices` through `model` ({-1,+1} int8, or packed bits with `packed`; with
+    `outputs` the real-valued z (n, K) float32 instead, whose signs are the codes).
 
     cached_stages > 0: take the output of the model's first frozen stages from the disk stage cache
     (attnhash.inference.stagecache) and run only the rest of the network.
@@ -79,12 +97,18 @@ def encode_indices(model, source, indices, image_size: int, device: torch.device
     """
     indices = np.asarray(indices)
     report = Progress(len(indices), desc, enabled=progress)
+
+    def run(batches, start_stage: int = 0) -> np.ndarray:
+        if outputs:
+            return outputs_from_batches(model, batches, device, amp=amp, progress=report, start_stage=start_stage)
+        return codes_from_batches(model, batches, device, amp=amp, progress=report, start_stage=start_stage,
+                                  packed=packed)
+
     if cached_stages > 0:
         feats = stage_outputs(model, source, indices, image_size, cached_stages, device, progress=progress,
                               skipped=skipped)
         batches = (feats[s : s + batch_size] for s in range(0, len(feats), batch_size))
-        return codes_from_batches(model, batches, device, amp=amp, progress=report, start_stage=cached_stages,
-                                  packed=packed)
+        return run(batches, cached_stages)
     loader = image_batches(source, indices, image_size, batch_size, workers)
 
     def readable(batch: dict) -> torch.Tensor:
@@ -99,8 +123,8 @@ def encode_indices(model, source, indices, image_size: int, device: torch.device
         return batch["image"][ok]
 
     batches = (x for x in map(readable, loader) if len(x))
-    codes = codes_from_batches(model, batches, device, amp=amp, progress=report, packed=packed)
-    return codes if len(codes) else np.zeros((0, getattr(model, "bits", 0)), np.int8)
+    codes = run(batches)
+    return codes if len(codes) else np.zeros((0, getattr(model, "bits", 0)), np.float32 if outputs else np.int8)
 
 
 def encode_code_set(encoder, source, indices=None, skipped: Skipped | None = None, progress: bool = True,

@@ -13,11 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from attnhash.codes import code_bytes
+from attnhash.codes import code_bytes, pack_codes, sign
 from attnhash.data import FileSource, Skipped, resize_image, to_rgb_array
 from attnhash.errors import CheckpointError
 from attnhash.inference.device import pick_device, prepare_network
-from attnhash.inference.encode import codes_from_batches, encode_indices
+from attnhash.inference.encode import codes_from_batches, encode_indices, outputs_from_batches
 from attnhash.models import network_from_spec
 from attnhash.models.backbones.weights import state_mismatch
 from attnhash.runs import RunFolder
@@ -70,6 +70,15 @@ class Encoder:
         codes = codes_from_batches(self.model, batches, self.device, packed=True)
         return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
 
+    def encode_images_with_outputs(self, images: Sequence, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """PIL images or HxWx3 uint8 arrays -> (packed codes (n, ceil(bits/8)), real-valued outputs z (n, bits)
+        float32); the codes are sign(z), exactly those of encode_images. z ranks ties (<tanh(z), b>)."""
+        batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
+        z = outputs_from_batches(self.model, batches, self.device)
+        if len(z) == 0:
+            return np.zeros((0, code_bytes(self.bits)), np.uint8), np.zeros((0, self.bits), np.float32)
+        return pack_codes(sign(z)), z
+
     def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128,
                      skipped: Skipped | None = None) -> np.ndarray:
         """Image files -> packed codes (of the readable ones when `skipped` collects the others)."""
@@ -92,3 +101,13 @@ class Encoder:
         codes = encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
                                cached_stages=cached, skipped=skipped, packed=True)
         return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
+
+    def encode_source_outputs(self, source, indices=None, batch_size: int = 256, progress: bool = True,
+                              use_stage_cache: bool = False) -> np.ndarray:
+        """Real-valued outputs z (n, bits) float32 of items of an ImageSource (the codes are sign(z))."""
+        indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        cached = 0
+        if use_stage_cache and self.config.train.frozen_cache == "disk":
+            cached = int(self.meta.get("frozen_stages", 0))
+        return encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
+                              cached_stages=cached, outputs=True)

@@ -15,6 +15,7 @@ from attnhash.errors import CheckpointError, DataError, IndexFileError
 from attnhash.index import Index, create_index, open_index
 from attnhash.inference import Encoder
 from attnhash.inference.onnx_engine import load_encoder
+from attnhash.retrieval.rerank import reranked_search
 
 
 def check_encoder(index: Index, encoder: Encoder) -> None:
@@ -193,48 +194,68 @@ class Retriever:
         return self._need_encoder().encode_images(images)
 
     def search_answers(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
-                       max_results: int | None = None) -> list[dict[str, Any]]:
+                       max_results: int | None = None, query_real: np.ndarray | None = None
+                       ) -> list[dict[str, Any]]:
         """Top-k or radius search -> per query {"results": [{id, distance, path, labels, label_names}, ...],
         "total": how many items matched, "truncated": whether `max_results` cut the list}.
 
+        query_real: the queries' real-valued outputs z; items at equal distance are then ranked by
+        <tanh(z), b> (attnhash.retrieval.rerank) and each hit carries its score.
         Nothing larger than the index is allocated: k beyond the item count asks only for what exists."""
         if (k is None) == (radius is None):
             raise ValueError("give exactly one of k and radius")
-        if k is not None:
-            q = np.asarray(codes)
-            kk = min(int(k), len(self.index))
-            if k <= 0:
-                raise ValueError(f"k must be positive, got {k}")
-            if kk == 0:
-                empty = (np.zeros(0, np.int32), np.zeros(0, np.int64))
-                rows = [empty] * (1 if q.ndim == 1 else len(q))
-            else:
-                dist, ids = self.index.search(codes, kk)
-                rows = [(d[i >= 0], i[i >= 0]) for d, i in zip(dist, ids)]
+        if k is not None and k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        q = np.asarray(codes)
+        kk = None if k is None else min(int(k), len(self.index))
+        if kk == 0:
+            empty = (np.zeros(0, np.int32), np.zeros(0, np.int64), None)
+            rows = [empty] * (1 if q.ndim == 1 else len(q))
+        elif query_real is not None:
+            rows = reranked_search(self.index, codes, query_real, k=kk, radius=radius)
+        elif kk is not None:
+            dist, ids = self.index.search(codes, kk)
+            rows = [(d[i >= 0], i[i >= 0], None) for d, i in zip(dist, ids)]
         else:
-            rows = self.index.range_search(codes, radius)
+            rows = [(d, i, None) for d, i in self.index.range_search(codes, radius)]
         out = []
-        for d_row, ids_row in rows:
+        for d_row, ids_row, scores in rows:
             total = len(ids_row)
             if max_results is not None:
                 d_row, ids_row = d_row[:max_results], ids_row[:max_results]
             metas = self.index.metadata(ids_row) if len(ids_row) else []
             hits = []
-            for i, d, md in zip(ids_row.tolist(), d_row.tolist(), metas):
+            for j, (i, d, md) in enumerate(zip(ids_row.tolist(), d_row.tolist(), metas)):
                 labels = md.get("labels", [])
-                hits.append({"id": i, "distance": d, "path": md.get("path"), "labels": labels,
-                             "label_names": self.label_names(labels)})
+                hit = {"id": i, "distance": d, "path": md.get("path"), "labels": labels,
+                       "label_names": self.label_names(labels)}
+                if scores is not None:
+                    hit["score"] = round(float(scores[j]), 6)
+                hits.append(hit)
             out.append({"results": hits, "total": total, "truncated": total > len(hits)})
         return out
 
     def search_codes(self, codes: np.ndarray, k: int | None = None, radius: int | None = None,
-                     max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names}."""
-        return [a["results"] for a in self.search_answers(codes, k=k, radius=radius, max_results=max_results)]
+                     max_results: int | None = None, query_real: np.ndarray | None = None
+                     ) -> list[list[dict[str, Any]]]:
+        """Top-k or radius search -> per query a list of {id, distance, path, labels, label_names} (and score,
+        with query_real: see search_answers)."""
+        return [a["results"] for a in self.search_answers(codes, k=k, radius=radius, max_results=max_results,
+                                                          query_real=query_real)]
+
+    def encode_images_for_search(self, images: Sequence[Any], rerank: bool = False
+                                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes of query images, and their real-valued outputs when ranking ties by score (None when not
+        asked, or when the encoder gives only codes)."""
+        encoder = self._need_encoder()
+        if rerank and hasattr(encoder, "encode_images_with_outputs"):
+            return encoder.encode_images_with_outputs(images)
+        return encoder.encode_images(images), None
 
     def search_images(self, images: Sequence[Any], k: int | None = None, radius: int | None = None,
-                      max_results: int | None = None) -> list[list[dict[str, Any]]]:
-        return self.search_codes(self.encode_images(images), k=k, radius=radius, max_results=max_results)
+                      max_results: int | None = None, rerank: bool = False) -> list[list[dict[str, Any]]]:
+        codes, real = self.encode_images_for_search(images, rerank)
+        return self.search_codes(codes, k=k, radius=radius, max_results=max_results, query_real=real)
 
     def codes_of(self, ids: Sequence[int]) -> np.ndarray:
         """The stored codes of items (DataError naming an unknown id)."""

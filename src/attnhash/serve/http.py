@@ -4,7 +4,9 @@ SearchService calls, attnhash errors to status codes.
 Endpoints (JSON unless said otherwise; errors are {"detail": "<one line>"} with a 4xx/5xx status):
     GET    /api/health                      liveness and item count
     GET    /api/stats                       index facts (count, bits, backend, model fingerprint, classes, limits)
-    POST   /api/search                      multipart: image (file), k (default 10) or radius -> results
+    POST   /api/search                      multipart: image (file), k (default 10) or radius, rerank -> results
+    POST   /api/search/batch                multipart: images (files) and/or ids, k or radius, rerank -> one
+                                            answer per query, from one index search
     GET    /api/search/by-id/{id}?k=|radius= the same with the code of an item already in the index
     POST   /api/items                       multipart: images (files), labels (one comma list for all or per image)
     GET    /api/items/{id}                  one item's metadata
@@ -73,7 +75,7 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
                device: str = "auto", max_k: int | None = None, load_model: bool = True, radius_tables: bool = False,
                token: str | None = FROM_ENV, allowed_hosts: Sequence[str] | None = None,
                allowed_origins: Sequence[str] = (), limits: ServiceLimits | None = None,
-               lock_wait: float = 0.0) -> FastAPI:
+               lock_wait: float = 0.0, index_options: dict | None = None, rerank: bool | None = None) -> FastAPI:
     """The HTTP API and web page over `index_path` (see the module docstring).
 
     `encoder` injects a ready encoder (anything with bits, fingerprint, run_dir and encode_images); otherwise
@@ -91,7 +93,8 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
         token = load_token()
     svc = SearchService(index_path, run_dir, encoder=encoder, backend=backend, persist=persist,
                         upload_dir=upload_dir, device=device, max_k=max_k, load_model=load_model,
-                        radius_tables=radius_tables, writable=token is not None, limits=limits, lock_wait=lock_wait)
+                        radius_tables=radius_tables, writable=token is not None, limits=limits, lock_wait=lock_wait,
+                        index_options=index_options, rerank=rerank)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -125,8 +128,17 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
 
     @app.post("/api/search")
     def search(image: UploadFile = File(..., description="query image"),
-               k: int | None = Form(None), radius: int | None = Form(None)) -> dict[str, Any]:
-        return svc.search_upload(image.file.read(), image.filename or "image", k, radius)
+               k: int | None = Form(None), radius: int | None = Form(None),
+               rerank: bool | None = Form(None, description="rank equal distances by <tanh(z_q), b_d>")
+               ) -> dict[str, Any]:
+        return svc.search_upload(image.file.read(), image.filename or "image", k, radius, rerank)
+
+    @app.post("/api/search/batch")
+    def search_batch(images: list[UploadFile] = File([], description="query images"),
+                     ids: list[int] = Form([], description="ids of items to query with"),
+                     k: int | None = Form(None), radius: int | None = Form(None),
+                     rerank: bool | None = Form(None)) -> dict[str, Any]:
+        return svc.search_batch([(f.filename or "image", f.file.read()) for f in images], ids, k, radius, rerank)
 
     @app.get("/api/search/by-id/{item_id}")
     def search_by_id(item_id: int = ItemId, k: int | None = Query(None),

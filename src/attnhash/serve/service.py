@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from attnhash.codes import pack_codes, sign
 from attnhash.errors import (
     AttnHashError,
     DataError,
@@ -38,8 +39,10 @@ from attnhash.errors import (
     StorageError,
     UnavailableError,
 )
+from attnhash.index import MAX_ID
 from attnhash.index.lock import IndexLock
 from attnhash.retrieval import Retriever
+from attnhash.retrieval.rerank import DEFAULT as RERANK_DEFAULT
 from attnhash.serve.batching import MicroBatcher
 from attnhash.serve.limits import PixelBudget, RequestPixels, ServiceLimits, UploadQuota
 from attnhash.serve.locks import RWLock
@@ -57,24 +60,32 @@ class SearchService:
     def __init__(self, index_path: str, run_dir: str | None = None, *, encoder: Any = None, backend: str = "faiss",
                  persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int | None = None,
                  load_model: bool = True, radius_tables: bool = False, writable: bool = True,
-                 limits: ServiceLimits | None = None, lock_wait: float = 0.0) -> None:
+                 limits: ServiceLimits | None = None, lock_wait: float = 0.0, index_options: dict | None = None,
+                 rerank: bool | None = None, max_batch: int = 256) -> None:
         self.index_path = str(index_path)
         self.limits = replace(limits or ServiceLimits(), **({} if max_k is None else {"max_k": max_k}))
         self.max_k = self.limits.max_k
         self.writable = writable
         self.persist = persist
-        # the writer's lock first, the file after: what was read before the lock may already be stale
+        self.rerank = RERANK_DEFAULT if rerank is None else bool(rerank)
+        self.max_batch = max_batch
+        self._outputs = False  # whether the encoder gives real-valued outputs (for ranking ties by score)
+        # the writer's lock first, the file after: what was read before the lock may already be stale. A Milvus
+        # collection (index_path is then its database) keeps its own consistency: no file lock.
         self.file_lock = IndexLock(self.index_path, f"attnhash serve {self.index_path}")
-        if writable and persist:
+        self.needs_file_lock = writable and persist and backend != "milvus"
+        if self.needs_file_lock:
             self.file_lock.acquire(lock_wait)
         try:
-            self._open(run_dir, encoder, backend, upload_dir, device, load_model, radius_tables)
+            self._open(run_dir, encoder, backend, upload_dir, device, load_model, radius_tables, index_options)
         except BaseException:
             self.file_lock.release()
             raise
 
-    def _open(self, run_dir, encoder, backend, upload_dir, device, load_model, radius_tables) -> None:
-        self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False)
+    def _open(self, run_dir, encoder, backend, upload_dir, device, load_model, radius_tables,
+              index_options) -> None:
+        # index_options: backend options (milvus: collection, token)
+        self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False, **(index_options or {}))
         self.index = self.retriever.index
         self.lock = RWLock()
         self.batcher: MicroBatcher | None = None
@@ -95,9 +106,13 @@ class SearchService:
             self.encoder_error = "the service was started without a model"
         if encoder is not None:
             self.retriever = Retriever(self.index, encoder)
-            self.batcher = MicroBatcher(encoder.encode_images)
+            if hasattr(encoder, "encode_images_with_outputs"):  # one pass gives z; the codes are sign(z)
+                self._outputs = True
+                self.batcher = MicroBatcher(lambda images: encoder.encode_images_with_outputs(images)[1])
+            else:
+                self.batcher = MicroBatcher(encoder.encode_images)
         self._building = False
-        if radius_tables and hasattr(self.index, "build_hash"):
+        if radius_tables and (hasattr(self.index, "build_layer") or hasattr(self.index, "build_hash")):
             # the radius tables take a while at 1e7 items (a minute here): build them in the background
             # under the read lock (searches go on, adds and removes wait)
             threading.Thread(target=self._build_radius_tables, name="radius-tables", daemon=True).start()
@@ -117,7 +132,10 @@ class SearchService:
         self._building = True
         try:
             with self.lock.read():
-                self.index.build_hash()
+                if hasattr(self.index, "build_layer"):
+                    self.index.build_layer()  # the distinct-code layer of the compiled search
+                else:
+                    self.index.build_hash()
         finally:
             self._building = False
 
@@ -128,9 +146,16 @@ class SearchService:
     # ---- queries ------------------------------------------------------------------------------------
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
         """Codes of decoded images through the shared model (batched across concurrent requests)."""
+        return self.encode_for_search(images)[0]
+
+    def encode_for_search(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes of decoded images and, when the encoder gives them, their real-valued outputs z."""
         if self.batcher is None:
             raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
-        return self.batcher(images)
+        if not self._outputs:
+            return self.batcher(images), None
+        z = self.batcher(images)
+        return pack_codes(sign(z)), z
 
     def _decode(self, data: bytes, name: str, allowance: RequestPixels) -> np.ndarray:
         size = int(getattr(self.encoder, "image_size", None) or 224)
@@ -150,27 +175,66 @@ class SearchService:
             raise InvalidRequestError(f"radius must be between 0 and {self.index.bits}, got {radius}")
         return k, radius
 
-    def answer(self, codes: np.ndarray, k: int | None, radius: int | None) -> dict[str, Any]:
-        """{"results": hits (at most max_k), "total": how many matched, "truncated": whether hits were cut}."""
+    def answer(self, codes: np.ndarray, k: int | None, radius: int | None,
+               real: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Per query code {"results": hits (at most max_k), "total": how many matched, "truncated": whether hits
+        were cut}; ties ranked by score when the real-valued outputs are given."""
         with self.lock.read():
-            answer = self.retriever.search_answers(codes, k=k, radius=radius, max_results=self.max_k)[0]
-        for h in answer["results"]:
-            h["thumbnail"] = f"/api/items/{h['id']}/image"
-        self._count("searches")
-        return answer
+            answers = self.retriever.search_answers(codes, k=k, radius=radius, max_results=self.max_k,
+                                                    query_real=real)
+        for answer in answers:
+            for h in answer["results"]:
+                h["thumbnail"] = f"/api/items/{h['id']}/image"
+        self._count("searches", len(answers))
+        return answers
 
-    def results(self, codes: np.ndarray, k: int | None, radius: int | None) -> list[dict[str, Any]]:
-        """The hits of one query code (at most max_k; `answer` also says how many matched)."""
-        return self.answer(codes, k, radius)["results"]
+    def results(self, codes: np.ndarray, k: int | None, radius: int | None,
+                real: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
+        """The hits of each query code (at most max_k; `answer` also says how many matched)."""
+        return [a["results"] for a in self.answer(codes, k, radius, real)]
 
-    def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None) -> dict[str, Any]:
+    def search_upload(self, data: bytes, name: str, k: int | None, radius: int | None,
+                      rerank: bool | None = None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an uploaded image."""
         k, radius = self.check_query(k, radius)
         if self.batcher is None:  # before decoding: nothing to spend on a search that cannot run
             raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
         t0 = time.perf_counter()
-        code = self.encode([self._decode(data, name, self._request_pixels())])
-        return self._answer({"filename": name}, code, k, radius, t0)
+        code, real = self.encode_for_search([self._decode(data, name, self._request_pixels())])
+        rerank = self.rerank if rerank is None else rerank
+        return self._answer({"filename": name}, code, k, radius, t0, real if rerank else None)
+
+    def search_batch(self, uploads: list[tuple[str, bytes]], ids: list[int], k: int | None, radius: int | None,
+                     rerank: bool | None = None) -> dict[str, Any]:
+        """Many queries in one request (uploaded images, then items by id), answered by one index search per
+        kind: {"results": [{"query", "results", "total", "truncated"}, ...], "took_ms"}."""
+        k, radius = self.check_query(k, radius)
+        if not uploads and not ids:
+            raise InvalidRequestError("give one or more images, or ids")
+        if len(uploads) + len(ids) > self.max_batch:
+            raise InvalidRequestError(f"at most {self.max_batch} queries per batch, got {len(uploads) + len(ids)}")
+        bad = next((i for i in ids if not 0 <= i <= MAX_ID), None)
+        if bad is not None:
+            raise InvalidRequestError(f"item ids run from 0 to 2^63-1, got {bad}")
+        t0 = time.perf_counter()
+        rerank = self.rerank if rerank is None else rerank
+        answers: list[dict[str, Any]] = []
+        if uploads:
+            allowance = self._request_pixels()  # one request: its images share one pixel allowance
+            codes, real = self.encode_for_search([self._decode(data, name, allowance) for name, data in uploads])
+            rows = self.answer(codes, k, radius, real if rerank else None)
+            answers += [{"query": {"filename": name, "code": c.tobytes().hex(), "k": k, "radius": radius}, **a}
+                        for (name, _), c, a in zip(uploads, codes, rows)]
+        if ids:
+            with self.lock.read():
+                try:
+                    codes = self.index.reconstruct(ids)
+                except KeyError as err:
+                    raise NotFoundError(str(err.args[0])) from None
+            rows = self.answer(codes, k, radius)
+            answers += [{"query": {"id": i, "code": c.tobytes().hex(), "k": k, "radius": radius}, **a}
+                        for i, c, a in zip(ids, codes, rows)]
+        return {"results": answers, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def search_item(self, item_id: int, k: int | None, radius: int | None) -> dict[str, Any]:
         """The query (its code, k or radius) and its hits, for an item already in the index."""
@@ -183,8 +247,9 @@ class SearchService:
                 raise NotFoundError(f"no item with id {item_id}") from None
         return self._answer({"id": item_id}, code, k, radius, t0)
 
-    def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float) -> dict[str, Any]:
-        answer = self.answer(code, k, radius)
+    def _answer(self, query: dict, code: np.ndarray, k: int | None, radius: int | None, t0: float,
+                real: np.ndarray | None = None) -> dict[str, Any]:
+        answer = self.answer(code, k, radius, real)[0]
         return {"query": {**query, "code": code[0].tobytes().hex(), "k": k, "radius": radius}, **answer,
                 "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
@@ -215,8 +280,10 @@ class SearchService:
             raise WritesDisabledError("writes are disabled: start the service with a token to add or remove items")
 
     def save(self) -> None:
-        """Rewrite the index file (inside the caller's transaction: a failure undoes the change in memory)."""
-        if self.persist:
+        """Make the change durable (inside the caller's transaction: a failure undoes the change in memory)."""
+        if getattr(self.index, "persistent", False):  # a Milvus collection: durable already, keep its metadata
+            self.index.save_info()
+        elif self.persist:
             self.index.save(self.index_path)
 
     def _label_lists(self, labels: list[str], n: int) -> list[list[str]]:
@@ -329,13 +396,18 @@ class SearchService:
                       "fingerprint": getattr(enc, "fingerprint", None), "error": self.encoder_error,
                       "forward_passes": self.batcher.batches if self.batcher else 0},
             "max_k": self.max_k,
-            "writable": self.writable and (self.file_lock.held or not self.persist),
+            "writable": self.writable and (self.file_lock.held or not self.needs_file_lock),
             "limits": self.limits.as_dict(),
             "load": {"pixels_in_use": self.pixels.in_use, "pixels_peak": self.pixels.peak,
                      "pixel_waits_refused": self.pixels.refused, "uploads_bytes": self.uploads.bytes,
                      "uploads_files": self.uploads.files, "thumbnail_decodes": self.thumbnails.decodes},
+            "max_batch": self.max_batch,
+            "rerank": self.rerank,
+            "search": self.index.search_stats() if hasattr(self.index, "search_stats") else None,
             "radius_tables": "building" if self._building else (
-                "built" if getattr(self.index, "hash_tables", None) else "not built"),
+                "built" if getattr(self.index, "hash_tables", None)
+                or (getattr(self.index, "search_stats", None) and self.index.search_stats().get("layer") == "built")
+                else "not built"),
             "uptime_s": round(time.time() - self.started, 1),
             "counters": dict(self.counters),
         }
