@@ -51,6 +51,26 @@ def test_seeds_make_one_run_each_and_the_base_seed_keeps_the_plain_name(tmp_path
 
     assert run_config(grid, grid.runs[2]).train.seed == 2 and run_config(grid, grid.runs[0]).train.seed == 0
 
+    from attnhash.experiment import selected
+
+    assert [r.name for r in selected(grid, ["dpsh-16b"], [0, 2])] == ["dpsh-16b", "dpsh-16b-s2"]
+    assert [r.name for r in selected(grid, ["dpsh-16b-s1", "dsh"])] == ["dpsh-16b-s1", "dsh-16b"]
+    assert len(selected(grid)) == 4 and selected(grid, seeds=[5]) == []
+
+
+def test_the_attention_study_grid_pairs_each_method_with_its_ablation(tmp_path):
+    from pathlib import Path
+
+    grid = load_grid(Path(__file__).parents[1] / "benchmarks" / "grids" / "attention_study.yaml", out=tmp_path)
+    rows = {r.row for r in grid.runs}
+    assert all(a in rows and b in rows for a, b in grid.compare)
+    seeded = [r for r in grid.runs if r.row in {a for pair in grid.compare for a in pair}]
+    assert {r.seed for r in seeded} == {0, 1, 2} and {r.bits for r in seeded} == {32, 64}
+    from attnhash.experiment import run_config
+
+    sizes = {run_config(grid, r).data.image_size for r in seeded}
+    assert sizes == {64, 96}  # last feature maps of 4x4 and 6x6 at output stride 16
+
 
 @pytest.mark.parametrize("spec, message", [
     ({"rows": [{"method": "dpsh"}], "colour": "red"}, "unknown key(s) colour"),

@@ -53,6 +53,7 @@ class GridRun:
     name: str  # run folder name
     overrides: list[str] = field(default_factory=list)
     ablate: list[str] = field(default_factory=list)
+    seed: int | None = None  # the training seed the grid gives it (None: the base's)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
                 suffix = "" if seed is None or seed == base_seed else f"-s{seed}"
                 seed_set = [] if seed is None else [f"train.seed={seed}"]
                 runs.append(GridRun(row=label, method=row["method"], bits=int(bits), name=f"{slug}-{bits}b{suffix}",
-                                    overrides=list(row.get("set") or []) + seed_set, ablate=ablate))
+                                    overrides=list(row.get("set") or []) + seed_set, ablate=ablate, seed=seed))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two rows make the same run; give them distinct labels")
@@ -139,12 +140,22 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
     return build_config(run.method, [str(base_file)], None, overrides)
 
 
+def selected(grid: Grid, only: str | list[str] | None = None, seeds: list[int] | None = None) -> list[GridRun]:
+    """The grid's runs whose name contains one of the texts `only` (all when None) and whose training seed is
+    one of `seeds` (all when None; a run without a seed of its own has the base's)."""
+    texts = [only] if isinstance(only, str) else only
+    base_seed = int(((grid.base or {}).get("train") or {}).get("seed", 0))
+    return [r for r in grid.runs
+            if (not texts or any(t in r.name for t in texts))
+            and (seeds is None or (base_seed if r.seed is None else r.seed) in seeds)]
+
+
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
-             only: str | None = None, retrain: bool = False) -> list[dict]:
-    """Train and evaluate the grid's runs (those whose name contains `only`, if given), skipping finished
-    ones unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of
-    every finished run of the grid, so a partial grid still reports."""
-    todo = [r for r in grid.runs if only is None or only in r.name]
+             only: str | list[str] | None = None, retrain: bool = False, seeds: list[int] | None = None) -> list[dict]:
+    """Train and evaluate the grid's runs (those `selected` by `only` and `seeds`), skipping finished ones
+    unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of every
+    finished run of the grid, so a partial grid still reports."""
+    todo = selected(grid, only, seeds)
     recorded = _recorded_results(grid)
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)

@@ -25,13 +25,15 @@ def describe_setting(results: Results) -> str:
             + (f", input {sizes}" if sizes else "") + f", metric mAP@{top}")
 
 
-def markdown_report(results: list[dict], title: str, notes: str = "", figures: list[tuple[str, str]] = ()) -> str:
-    """The report's Markdown; `figures` are (caption, relative path) pairs to link."""
+def markdown_report(results: list[dict], title: str, notes: str = "", figures: list[tuple[str, str]] = (),
+                    pairs: list[tuple[str, str]] | None = None) -> str:
+    """The report's Markdown; `figures` are (caption, relative path) pairs to link; `pairs` (row, against) the
+    comparisons to test (default: each row against its ablations, when rows have several seeds)."""
     cells = group(results)
     parts = [f"# {title}", "", describe_setting(cells), ""]
     for metric in TABLE_METRICS:
         parts += [to_markdown(Table.of(cells, metric)), ""]
-    pairs = ablation_pairs(cells)
+    pairs = ablation_pairs(cells) if pairs is None else pairs
     if pairs and cells.max_seeds > 1:
         parts += [comparisons_markdown(paired_tests(cells, pairs)), ""]
     for caption, path in figures:
@@ -61,12 +63,13 @@ def write_figures(results: list[dict], out_dir: Path) -> list[tuple[str, str]]:
     return written
 
 
-def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "") -> Path:
+def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "",
+                 pairs: list[tuple[str, str]] | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("pr_*bits.png"), *out_dir.glob("pn_*bits.png")]:
         stale.unlink()  # the one-figure-per-length files of earlier versions: the panels replace them
     figures = write_figures(results, out_dir)
     path = out_dir / "report.md"
-    atomic_write_text(path, markdown_report(results, title, notes, figures))
+    atomic_write_text(path, markdown_report(results, title, notes, figures, pairs))
     return path
