@@ -65,6 +65,7 @@ class Grid:
     runs: list[GridRun]
     source: str
     compare: list[tuple[str, str]] = field(default_factory=list)  # (row, against) pairs for paired tests
+    description: str = ""
 
 
 def _row_label(row: dict) -> str:
@@ -118,7 +119,7 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     out_dir = Path(out or spec.get("out") or Path("runs") / spec.get("name", Path(path).stem))
     runs_dir = Path(spec["runs"]) if spec.get("runs") and not out else out_dir / "runs"
     return Grid(name=spec.get("name", Path(path).stem), out=out_dir, runs_dir=runs_dir, base=spec.get("base") or {},
-                runs=runs, source=str(path), compare=compare)
+                runs=runs, source=str(path), compare=compare, description=" ".join(str(spec.get("description") or "").split()))
 
 
 def _seeds(value, path, what: str) -> list[int | None]:

@@ -100,6 +100,10 @@ def write_html_report(records: list[dict], out: str | Path, title: str,
                       + ".</p>")
     if notes:
         page.parts.append(f"<p>{html.escape(notes)}</p>")
+    codes = sorted({str(r["code"]) for r in records if r.get("code")})
+    if codes:
+        page.parts.append(f"<p class=note>Measured by attnhash {html.escape(', '.join(codes))} (version+commit of "
+                          "each record).</p>")
 
     tables = [Table.of(results, m) for m in TABLE_METRICS]
     page.section("Tables", *(to_html(t) for t in tables if t.columns))
