@@ -113,6 +113,19 @@ def test_gradcam_weights_each_channel_by_its_mean_gradient(runs):
         network_maps(encoder, [image], "activation", reference=other)
 
 
+def test_cli_warns_about_coarse_maps_and_takes_the_new_flags(runs, tmp_path, capsys):
+    ega, plain, boot, photo = runs
+    assert main(["explain", str(plain), str(boot), "--out", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert "attnhash explain: warning: the last feature map is 2x2 at 64 px" in err and "--image-size 128" in err
+    assert main(["explain", str(plain), str(boot), "--out", str(tmp_path / "b.png"), "--image-size", "128",
+                 "--similar-to", str(photo)]) == 0
+    assert capsys.readouterr().err == "" and is_png_picture(tmp_path / "b.png")
+    assert main(["explain", str(ega), str(boot), "--source", "gradcam", "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["explain", str(plain), str(boot), "--image-size", "4"]) == 2
+    assert "--image-size must be between 8 and 1024" in capsys.readouterr().err
+
+
 def test_map_size_advice():
     assert map_size_advice(4, 64, 16) is None
     assert "--image-size 64" in map_size_advice(2, 32, 16) and "output_stride" not in map_size_advice(2, 32, 16)
