@@ -37,8 +37,46 @@ def test_runs_are_named_by_row_and_code_length(tmp_path):
         ("uhga long", "uhga_long-128b")]
 
 
+def test_seeds_make_one_run_each_and_the_base_seed_keeps_the_plain_name(tmp_path):
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh", "seeds": [0]}]))
+    assert [r.name for r in grid.runs] == ["dpsh-16b", "dsh-16b"]
+    spec = yaml.safe_load((tmp_path / "grid.yaml").read_text())
+    spec.update(seeds=[0, 1, 2], compare=[{"row": "dpsh", "against": "dsh"}])
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(spec))
+    grid = load_grid(tmp_path / "grid.yaml")
+    assert [(r.row, r.name) for r in grid.runs] == [
+        ("dpsh", "dpsh-16b"), ("dpsh", "dpsh-16b-s1"), ("dpsh", "dpsh-16b-s2"), ("dsh", "dsh-16b")]
+    assert grid.runs[1].overrides[-1] == "train.seed=1" and grid.compare == [("dpsh", "dsh")]
+    from attnhash.experiment import run_config
+
+    assert run_config(grid, grid.runs[2]).train.seed == 2 and run_config(grid, grid.runs[0]).train.seed == 0
+
+    from attnhash.experiment import selected
+
+    assert [r.name for r in selected(grid, ["dpsh-16b"], [0, 2])] == ["dpsh-16b", "dpsh-16b-s2"]
+    assert [r.name for r in selected(grid, ["dpsh-16b-s1", "dsh"])] == ["dpsh-16b-s1", "dsh-16b"]
+    assert len(selected(grid)) == 4 and selected(grid, seeds=[5]) == []
+
+
+def test_the_attention_study_grid_pairs_each_method_with_its_ablation(tmp_path):
+    from pathlib import Path
+
+    grid = load_grid(Path(__file__).parents[1] / "benchmarks" / "grids" / "attention_study.yaml", out=tmp_path)
+    rows = {r.row for r in grid.runs}
+    assert all(a in rows and b in rows for a, b in grid.compare)
+    seeded = [r for r in grid.runs if r.row in {a for pair in grid.compare for a in pair}]
+    assert {r.seed for r in seeded} == {0, 1, 2} and {r.bits for r in seeded} == {32, 64}
+    from attnhash.experiment import run_config
+
+    sizes = {run_config(grid, r).data.image_size for r in seeded}
+    assert sizes == {64, 96}  # last feature maps of 4x4 and 6x6 at output stride 16
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"rows": [{"method": "dpsh"}], "colour": "red"}, "unknown key(s) colour"),
+    ({"rows": [{"method": "dpsh"}], "seeds": [1, 1]}, "seeds must be a list of distinct"),
+    ({"rows": [{"method": "dpsh", "seeds": "all"}]}, "row 1: seeds must be"),
+    ({"rows": [{"method": "dpsh"}], "compare": [{"row": "dpsh", "against": "dsh"}]}, "no row labelled 'dsh'"),
     ({"rows": []}, "'rows' must be a non-empty list"),
     ({"rows": [{"bits": [16]}]}, "row 1 needs a 'method'"),
     ({"rows": [{"method": "dpsh"}, {"method": "dpsh"}]}, "two rows make the same run"),
@@ -76,7 +114,7 @@ def test_partial_grid_reports_and_resumes(tmp_path, fmnist):
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| dpsh |" in report and "| dsh |" in report
-    assert (tmp_path / "out" / "pr_16bits.png").exists()
+    assert (tmp_path / "out" / "pr.png").exists() and "![PR curves, fmnist](pr.png)" in report
 
     # --retrain trains the selected finished runs again, and only those
     before = (tmp_path / "runs" / "dsh-16b" / "meta.json").stat().st_mtime_ns

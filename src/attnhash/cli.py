@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "attnhash.commands.serve",
     "attnhash.commands.demo",
     "attnhash.commands.experiment",
+    "attnhash.commands.report",
     "attnhash.commands.methods",
     "attnhash.commands.explain",
     "attnhash.commands.export",

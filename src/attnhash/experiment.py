@@ -11,11 +11,17 @@ A grid file (YAML):
       model: {backbone: efficientnet_lite0, freeze: block5, output_stride: 16}
       train: {epochs: 8, frozen_cache: disk}
     bits: [16, 32, 48, 64]
+    seeds: [0, 1, 2]                        # optional: every run once per training seed (train.seed)
     rows:                                   # one table row each; every row is run at every code length
       - {method: dpsh}
       - {method: dpfah}
       - {method: dpfah, ablate: [attention], label: "dpfah w/o attention"}
-      - {method: uhga, bits: [16, 32, 64, 128], set: ["train.epochs=4"]}
+      - {method: uhga, bits: [16, 32, 64, 128], seeds: [0], set: ["train.epochs=4"]}
+    compare:                                # optional: pairs of rows the report tests against each other
+      - {row: dpfah, against: "dpfah w/o attention"}
+
+A run of seed s is named "<row>-<bits>b-s<s>", except the base's own seed (train.seed, 0 by default), which keeps
+"<row>-<bits>b": the same run as in the grids that share the folder.
 
 Runs whose folder already holds a metrics.json made by the same config are skipped, so an interrupted grid
 resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
@@ -47,6 +53,7 @@ class GridRun:
     name: str  # run folder name
     overrides: list[str] = field(default_factory=list)
     ablate: list[str] = field(default_factory=list)
+    seed: int | None = None  # the training seed the grid gives it (None: the base's)
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Grid:
     base: dict
     runs: list[GridRun]
     source: str
+    compare: list[tuple[str, str]] = field(default_factory=list)  # (row, against) pairs for paired tests
+    description: str = ""
 
 
 def _row_label(row: dict) -> str:
@@ -68,33 +77,59 @@ def _row_label(row: dict) -> str:
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     spec = load_yaml(path)
-    unknown = set(spec) - {"name", "out", "runs", "base", "bits", "rows", "description"}
+    unknown = set(spec) - {"name", "out", "runs", "base", "bits", "seeds", "rows", "compare", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     rows = spec.get("rows")
     if not rows or not isinstance(rows, list):
         raise ConfigError(f"{path}: 'rows' must be a non-empty list of {{method: ...}} entries")
     default_bits = spec.get("bits", [64])
+    default_seeds = _seeds(spec.get("seeds"), path, "seeds")
+    base_seed = int(((spec.get("base") or {}).get("train") or {}).get("seed", 0))
     runs: list[GridRun] = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "method" not in row:
             raise ConfigError(f"{path}: row {i + 1} needs a 'method'")
-        extra = set(row) - {"method", "bits", "ablate", "set", "label"}
+        extra = set(row) - {"method", "bits", "seeds", "ablate", "set", "label"}
         if extra:
             raise ConfigError(f"{path}: row {i + 1}: unknown key(s) {', '.join(sorted(extra))}")
         label = _row_label(row)
         ablate = list(row.get("ablate") or [])
         slug = label.replace(" w/o ", "-no-").replace("+", "-").replace(" ", "_").replace("/", "_")
+        seeds = _seeds(row["seeds"], path, f"row {i + 1}: seeds") if "seeds" in row else default_seeds
         for bits in row.get("bits", default_bits):
-            runs.append(GridRun(row=label, method=row["method"], bits=int(bits), name=f"{slug}-{bits}b",
-                                overrides=list(row.get("set") or []), ablate=ablate))
+            for seed in seeds:
+                # the base's own seed keeps the plain name: the same run as in the grids sharing the folder
+                suffix = "" if seed is None or seed == base_seed else f"-s{seed}"
+                seed_set = [] if seed is None else [f"train.seed={seed}"]
+                runs.append(GridRun(row=label, method=row["method"], bits=int(bits), name=f"{slug}-{bits}b{suffix}",
+                                    overrides=list(row.get("set") or []) + seed_set, ablate=ablate, seed=seed))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two rows make the same run; give them distinct labels")
+    labels = {r.row for r in runs}
+    compare = []
+    for j, pair in enumerate(spec.get("compare") or []):
+        if not isinstance(pair, dict) or set(pair) != {"row", "against"}:
+            raise ConfigError(f"{path}: compare entry {j + 1} must be {{row: ..., against: ...}}")
+        for key in ("row", "against"):
+            if pair[key] not in labels:
+                raise ConfigError(f"{path}: compare entry {j + 1}: no row labelled {pair[key]!r}")
+        compare.append((str(pair["row"]), str(pair["against"])))
     out_dir = Path(out or spec.get("out") or Path("runs") / spec.get("name", Path(path).stem))
     runs_dir = Path(spec["runs"]) if spec.get("runs") and not out else out_dir / "runs"
     return Grid(name=spec.get("name", Path(path).stem), out=out_dir, runs_dir=runs_dir, base=spec.get("base") or {},
-                runs=runs, source=str(path))
+                runs=runs, source=str(path), compare=compare, description=" ".join(str(spec.get("description") or "").split()))
+
+
+def _seeds(value, path, what: str) -> list[int | None]:
+    """A list of training seeds (None: the base's own seed, one run)."""
+    if value is None:
+        return [None]
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and s >= 0 for s in value) \
+            or len(set(value)) != len(value):
+        raise ConfigError(f"{path}: {what} must be a list of distinct non-negative integers, got {value!r}")
+    return list(value)
 
 
 def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = None) -> RunConfig:
@@ -106,12 +141,22 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
     return build_config(run.method, [str(base_file)], None, overrides)
 
 
+def selected(grid: Grid, only: str | list[str] | None = None, seeds: list[int] | None = None) -> list[GridRun]:
+    """The grid's runs whose name contains one of the texts `only` (all when None) and whose training seed is
+    one of `seeds` (all when None; a run without a seed of its own has the base's)."""
+    texts = [only] if isinstance(only, str) else only
+    base_seed = int(((grid.base or {}).get("train") or {}).get("seed", 0))
+    return [r for r in grid.runs
+            if (not texts or any(t in r.name for t in texts))
+            and (seeds is None or (base_seed if r.seed is None else r.seed) in seeds)]
+
+
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
-             only: str | None = None, retrain: bool = False) -> list[dict]:
-    """Train and evaluate the grid's runs (those whose name contains `only`, if given), skipping finished
-    ones unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of
-    every finished run of the grid, so a partial grid still reports."""
-    todo = [r for r in grid.runs if only is None or only in r.name]
+             only: str | list[str] | None = None, retrain: bool = False, seeds: list[int] | None = None) -> list[dict]:
+    """Train and evaluate the grid's runs (those `selected` by `only` and `seeds`), skipping finished ones
+    unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of every
+    finished run of the grid, so a partial grid still reports."""
+    todo = selected(grid, only, seeds)
     recorded = _recorded_results(grid)
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)

@@ -22,3 +22,12 @@ def test_demo_trains_evaluates_indexes_and_shows_a_query(fmnist, tmp_path):
     assert ranks == list(range(1, 11))
     assert "database items lie within distance" in out and "queries P@10 = " in out
     assert (tmp_path / "db.idx").exists() and (tmp_path / "runs" / "demo" / "demo_top10.png").exists()
+    # the picture marks each result: a green frame for each relevant one, a red one for the others
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "runs" / "demo" / "demo_top10.png").convert("RGB")).astype(int)
+    green = (np.abs(pixels - [0x1a, 0x96, 0x41]).sum(axis=2) < 30).sum()
+    red = (np.abs(pixels - [0xd7, 0x19, 0x1c]).sum(axis=2) < 30).sum()
+    relevant = sum(r[-1] == "yes" for r in rows if len(r) >= 5 and r[0].isdigit())
+    assert (green > 200) == (relevant > 0) and (red > 200) == (relevant < 10)

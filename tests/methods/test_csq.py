@@ -27,12 +27,48 @@ def test_hadamard_rows_are_orthogonal():
 
 @pytest.mark.parametrize("bits,classes", [(16, 10), (32, 10), (64, 10), (16, 32), (64, 100)])
 def test_power_of_two_bits_use_hadamard_rows_exactly_half_apart(bits, classes):
-    c = hash_centres(classes, bits)
+    c = hash_centres(classes, bits, rows="first")
     h = hadamard(bits)
     assert torch.equal(c, torch.cat([h, -h])[:classes])
     d = pairwise_distances(c)
     # rows of [H; -H]: K/2 apart, except a row and its own negation (K apart)
     assert d.min() == bits / 2 and set(d.unique().tolist()) <= {bits / 2, float(bits)}
+
+
+def distinct_columns(c: torch.Tensor) -> int:
+    return len({tuple(col) for col in c.t().tolist()})
+
+
+@pytest.mark.parametrize("bits", [32, 64, 128])
+def test_the_first_rows_waste_bits(bits):
+    # row i, column j of Sylvester's H is (-1)^popcount(i & j): the first 10 rows (i < 16) see only the low 4
+    # bits of j, so 10 centres have 16 distinct bit columns whatever K is
+    assert distinct_columns(hash_centres(10, bits, rows="first")) == 16
+
+
+@pytest.mark.parametrize("bits,classes", [(16, 10), (32, 10), (64, 10), (128, 10), (64, 100)])
+def test_random_hadamard_rows_stay_exactly_half_apart_and_use_every_bit(bits, classes):
+    c = hash_centres(classes, bits, rows="random", seed=3)
+    h = torch.cat([hadamard(bits), -hadamard(bits)])
+    assert all(any(torch.equal(row, r) for r in h) for row in c)  # rows of [H; -H]
+    assert len({tuple(r) for r in c.tolist()}) == classes
+    d = pairwise_distances(c)
+    assert d.min() == bits / 2 and set(d.unique().tolist()) <= {bits / 2, float(bits)}
+    if classes <= bits:
+        assert set(d.unique().tolist()) == {bits / 2}  # rows of H alone: never a row and its negation
+    if bits > 16:  # more distinct bit columns than the first rows' 16 (2^rank of the chosen row indices)
+        assert distinct_columns(c) > 16
+
+
+def test_random_hadamard_rows_are_seeded():
+    a = hash_centres(10, 64, rows="random", seed=0)
+    assert torch.equal(a, hash_centres(10, 64, rows="random", seed=0))
+    assert not torch.equal(a, hash_centres(10, 64, rows="random", seed=1))
+
+
+def test_unknown_row_choice_is_refused():
+    with pytest.raises(ConfigError, match="hadamard_rows"):
+        create_method("csq", {"hadamard_rows": "last"}, bits=16, num_classes=10, num_train=10)
 
 
 @pytest.mark.parametrize("bits,classes", [(48, 10), (48, 100), (16, 100), (24, 21)])

@@ -160,15 +160,28 @@ def test_training_lowers_the_loss(fmnist, quick_train):
     assert network.attention.alpha.item() != 0.0 and network.attention.beta.item() != 0.0  # the scales learn
 
 
-def test_recipe_width_sets_the_channels_the_hash_layer_sees(shared_backbones):
+def test_recipe_reads_the_backbone_map_and_starts_as_the_plain_network(shared_backbones):
+    # The recipe's default (issue 16): no fresh input convolution in front of the pretrained features, whose
+    # damage grows with the code length (methods/dhida.py); IDA is then the identity at initialisation.
     cfg = model_cfg("efficientnet_lite0")
-    assert cfg.attention_args == {"width": 512}
-    net = make(bits=16).build_network(cfg)
+    assert cfg.attention_args == {"width": None}
+    net = make(bits=64).build_network(cfg)
+    assert net.attention.input is None and net.hash_layer[-1].in_features == 1280
+    plain = make(bits=64, ablate=("attention",)).build_network(cfg)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("attention.")})
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(images)["z"], plain.eval()(images)["z"])
+
+
+def test_the_papers_input_convolution_sets_the_channels_the_hash_layer_sees(shared_backbones):
+    paper = ("model.attention_args.width=512",)
+    net = make(bits=16).build_network(model_cfg("efficientnet_lite0", extra=paper))
     assert net.attention.input[0].in_channels == 1280 and net.hash_layer[-1].in_features == 512
-    plain = make(bits=16, ablate=("attention",)).build_network(cfg)
+    plain = make(bits=16, ablate=("attention",)).build_network(model_cfg("efficientnet_lite0", extra=paper))
     assert plain.hash_layer[-1].in_features == 1280
     # AlexNet's fc6 takes 256 channels, so A keeps them; inside ResNet blocks the width cannot change
-    alexnet = make(bits=16).build_network(model_cfg("alexnet"))
+    alexnet = make(bits=16).build_network(model_cfg("alexnet", extra=paper))
     assert alexnet.attention.out_channels == 256 and alexnet.hash_layer[-1].in_features == 4096
     with pytest.raises(ConfigError, match="blocks"):
-        make(bits=16).build_network(model_cfg("resnet18", extra=("model.attention_placement=blocks",)))
+        make(bits=16).build_network(model_cfg("resnet18", extra=(*paper, "model.attention_placement=blocks")))

@@ -119,3 +119,21 @@ def test_network_placements():
     output.eval()
     out = output(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert out["z"].shape == (2, 16) and output.attention.last_map.shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("backbone, conv, norm", [("resnet18", "conv2", "bn2"), ("resnet50", "conv2", "bn2")])
+def test_in_block_attention_sits_between_conv2_and_bn2(backbone, conv, norm):
+    # The SimAM reference wraps the block's conv2 as (conv2, SimAM), so SimAM reads conv2's raw output and bn2
+    # reads SimAM's (in a Bottleneck too: conv2 is its 3x3 convolution, of `width` channels).
+    net = create_backbone(backbone, weights="none", block_attention=lambda c: create_attention("simam", c))
+    block = net.layer1[0]
+    seen = {}
+    block.get_submodule(conv).register_forward_hook(lambda m, i, o: seen.__setitem__("conv", o.detach().clone()))
+    block.attention.register_forward_hook(
+        lambda m, i, o: seen.update(attention_in=i[0].detach().clone(), attention_out=o.detach().clone()))
+    block.get_submodule(norm).register_forward_hook(lambda m, i, o: seen.__setitem__("norm_in", i[0].detach().clone()))
+    net.eval()
+    with torch.no_grad():
+        net.forward_features(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(seen["attention_in"], seen["conv"])
+    torch.testing.assert_close(seen["norm_in"], seen["attention_out"])

@@ -221,7 +221,7 @@ def test_block_attention_keeps_keys_and_changes_output(r18_file):
     x = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(_features(att, x), _features(plain, x))
 
-    # One module per block, on the residual branch (channels of the block's output), before the addition.
+    # One module per block, on the residual branch after conv2 (the SimAM reference's place), before the addition.
     seen: list[int] = []
     att.layer1[0].attention.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     for block in [b for layer in (att.layer1, att.layer2, att.layer3, att.layer4) for b in layer]:
@@ -230,7 +230,7 @@ def test_block_attention_keeps_keys_and_changes_output(r18_file):
     assert seen == [64]
 
     r50 = create_backbone("resnet50", weights="none", block_attention=ChannelScale)
-    assert r50.layer4[2].attention.scale.shape == (2048,)
+    assert r50.layer4[2].attention.scale.shape == (512,)  # a Bottleneck's conv2 (3x3) has `planes` channels
     # With identity attention the block output equals the plain block's.
     blk = r50.layer2[0]
     ref = copy.deepcopy(blk)

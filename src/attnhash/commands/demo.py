@@ -2,7 +2,8 @@
 
 Train a 64-bit DPSH model on the `fmnist` protocol (real Fashion-MNIST, pretrained EfficientNet-Lite0),
 encode the 64,000-image database, print mAP@ALL, index the codes in a local FAISS index file, and show
-the top-10 results of a query image (a table, and a PNG of the query beside its results).
+the top-10 results of a query image (a table, and a PNG of the query beside its results, each with its class
+name and a green or red frame for relevant or not).
 """
 
 from __future__ import annotations
@@ -105,26 +106,24 @@ def run(args) -> int:
         print(f"   this query: {matches}/{len(hits)} relevant; over all {len(data.query)} queries P@10 = "
               f"{metrics.precision_at_n.get(10, float('nan')):.4f}")
     png = Path(result.run_dir) / "demo_top10.png"
-    _save_grid(query_image, [data.source.image(int(h["id"])) for h in hits], hits, png)
+    _save_grid(query_image, qlabel, hits, [data.source.image(int(h["id"])) for h in hits],
+               [data.labels[int(h["id"])] for h in hits], names, query_label, png,
+               f"{cfg.method.name}, {cfg.model.bits} bits: top {len(hits)} (mAP@{top} {metrics.mAP:.4f})")
     print(f"   picture: {png}")
     print(f"== done in {time.time() - t0:.0f}s; run folder {result.run_dir}")
     return 0
 
 
-def _save_grid(query: np.ndarray, results: list[np.ndarray], hits: list[dict], path: Path) -> None:
-    import matplotlib
+def _save_grid(query: np.ndarray, query_name: str, hits: list[dict], images: list[np.ndarray],
+               labels: list[np.ndarray], names: list[str], query_label: np.ndarray | None, path: Path,
+               title: str) -> None:
+    """The query beside its results, each with its class name and distance, framed green (relevant) or red
+    (not), or grey when the query has no label."""
+    from attnhash.evaluation.plots import retrieval_grid_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(1.4 * (len(results) + 1), 1.8))
-    axes[0].imshow(query)
-    axes[0].set_title("query", fontsize=8)
-    for ax, img, hit in zip(axes[1:], results, hits):
-        ax.imshow(img)
-        ax.set_title(f"d={int(hit['distance'])}", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    tiles = []
+    for hit, image, item_labels in zip(hits, images, labels):
+        label = ", ".join(names[c] for c in np.flatnonzero(item_labels)) if names else str(hit.get("labels"))
+        relevant = None if query_label is None else bool((item_labels & query_label).any())
+        tiles.append({"image": image, "label": label, "distance": int(hit["distance"]), "relevant": relevant})
+    save(retrieval_grid_figure([{"image": query, "label": query_name, "hits": tiles}], title), path, dpi=100)

@@ -9,7 +9,10 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder (default: the grid's `out`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2")
-    p.add_argument("--only", help="run only the runs whose name contains this text")
+    p.add_argument("--only", action="append", metavar="TEXT",
+                   help="run only the runs whose name contains this text (repeat: any of them)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run only the runs of these training seeds (of those the grid lists)")
     p.add_argument("--retrain", action="store_true",
                    help="train the selected runs again even if finished (with --only: just those)")
     p.add_argument("--report-only", action="store_true",
@@ -32,8 +35,8 @@ def run(args) -> int:
             raise ConfigError(f"{args.grid}: no finished run of this grid under {grid.runs_dir}")
     else:
         results = run_grid(grid, args.overrides, progress=not args.quiet, only=args.only,
-                           retrain=args.retrain)
-    path = write_report(results, grid.out, title=grid.name)
-    print(markdown_report(results, grid.name))
+                           retrain=args.retrain, seeds=args.seeds)
+    path = write_report(results, grid.out, title=grid.name, pairs=grid.compare or None)
+    print(markdown_report(results, grid.name, pairs=grid.compare or None))
     print(f"report: {path}")
     return 0

@@ -1,108 +1,37 @@
 """attnhash explain: where a run's network looks, as the papers' feature-activation figures.
 
-For each image: the network of the run is applied, and its attention module's `last_map` (the spatial map of
-the last forward: EGA's CAM map, SimAM's mean weights, ...) is upsampled to the image and drawn over it with
-a jet colour map, beside the original. Runs without an attention module after the backbone (plain methods,
-or attention placed inside the backbone's blocks) get the activation map instead: the channel mean of
-|feature map| of the last stage, as in the papers' activation figures. `--source` forces either.
+For each image the run's network is applied and a map of its last feature map (see
+attnhash.evaluation.explain: the attention module's own map, Grad-CAM of the code or of the similarity to a
+reference image, or the mean activation) is upsampled to the image and drawn over it with a jet colour map,
+beside the original. A map smaller than 4x4 earns a warning that names the input size giving a usable one.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from attnhash.errors import AttnHashError
 
-DISPLAY_MIN = 256  # small images (Fashion-MNIST's 28 px) are drawn enlarged to at least this many pixels
-
 
 def register(sub) -> None:
-    p = sub.add_parser("explain", help="draw a run's attention (or activation) map over images, as PNG files")
+    p = sub.add_parser("explain", help="draw where a run's network looks (attention or Grad-CAM map) over images")
     p.add_argument("run", help="run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
     p.add_argument("--out", help="PNG file (one image) or folder (default: RUN/explain/<image name>.png)")
-    p.add_argument("--source", choices=("auto", "attention", "activation"), default="auto",
-                   help="attention: the attention module's map; activation: mean |feature map|; "
-                        "auto: attention when the run has a module after the backbone (default)")
+    p.add_argument("--source", choices=("auto", "attention", "gradcam", "activation"), default="auto",
+                   help="attention: the attention module's map; gradcam: Grad-CAM of the code (any run); "
+                        "activation: mean |feature map|; auto: attention when the run has a module after the "
+                        "backbone, else gradcam (default)")
+    p.add_argument("--similar-to", metavar="IMAGE",
+                   help="Grad-CAM of the similarity to this image's code (a database item) instead of the own code")
+    p.add_argument("--image-size", type=int,
+                   help="input side in pixels (default: the run's); larger inputs give larger maps")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the map over the image (default 0.5)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
-
-
-def network_maps(encoder, images: list[np.ndarray], source: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
-    """(maps (B, h, w) in [0, 1], codes (B, K) in {-1, +1}, a description of the map) for a batch of images."""
-    import torch
-
-    from attnhash.codes import sign
-    from attnhash.models import HashingNetwork
-
-    network = encoder.model
-    if not isinstance(network, HashingNetwork):
-        raise AttnHashError(f"{encoder.run_dir}: a {encoder.config.method.name} run has no network to explain "
-                            "(shallow methods work on fixed features)")
-    attention = network.attention
-    has_map = attention is not None and hasattr(attention, "last_map")
-    if source == "attention" and not has_map:
-        where = "inside the backbone's blocks" if encoder.config.model.attention else "in this run"
-        raise AttnHashError(f"{encoder.run_dir}: no attention module after the backbone ({where}); "
-                            "use --source activation")
-    use_attention = has_map and source != "activation"
-    batch = encoder._batch(images).to(encoder.device)
-    network.eval()
-    with torch.no_grad():
-        out = network(batch)
-    if use_attention:
-        maps = attention.last_map.float()
-        what = f"attention: {type(attention).__name__}"
-    else:
-        maps = out["fmap"].float().abs().mean(dim=1)
-        what = "activation: mean |feature map|"
-    lo = maps.amin(dim=(1, 2), keepdim=True)
-    hi = maps.amax(dim=(1, 2), keepdim=True)
-    maps = (maps - lo) / (hi - lo).clamp_min(1e-12)
-    codes = sign(out["z"]).to(torch.int8)
-    return maps.cpu().numpy(), codes.cpu().numpy(), what
-
-
-def upsample(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a (h, w) map to (height, width); the network squashes images to a square, so the
-    map's cells stretch back over the original aspect ratio."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-
-
-def draw(image: np.ndarray, amap: np.ndarray, path: Path, title: str, subtitle: str, alpha: float) -> Path:
-    """Original | map overlaid (jet), written as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = max(1, math.ceil(DISPLAY_MIN / max(h, w)))
-    if scale > 1:
-        image = np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.Resampling.NEAREST))
-    heat = upsample(amap, image.shape[0], image.shape[1])
-    fig = Figure(figsize=(8, 4.4))
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-    left.imshow(image)
-    left.set_title("image", fontsize=9)
-    right.imshow(image)
-    shown = right.imshow(heat, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
-    right.set_title(subtitle, fontsize=9)
-    for ax in (left, right):
-        ax.axis("off")
-    fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def output_paths(run_dir: Path, images: list[str], out: str | None) -> list[Path]:
@@ -124,37 +53,57 @@ def output_paths(run_dir: Path, images: list[str], out: str | None) -> list[Path
 
 
 def explain(run_dir: str | Path, images: list[str], out: str | None = None, source: str = "auto",
-            alpha: float = 0.5, device: str = "cpu", batch_size: int = 32) -> list[Path]:
-    """Write one PNG per image (the original beside its map); returns their paths."""
+            alpha: float = 0.5, device: str = "cpu", batch_size: int = 32, image_size: int | None = None,
+            similar_to: str | None = None, warn=None) -> list[Path]:
+    """Write one PNG per image (the original beside its map); returns their paths. `warn` (default: stderr)
+    receives the warning about a map smaller than 4x4."""
     from attnhash.data import open_image
+    from attnhash.evaluation.explain import map_size_advice, network_maps, output_stride, overlay_figure, reference_code
+    from attnhash.evaluation.plots import save
     from attnhash.inference import Encoder
 
+    warn = warn or (lambda m: print(f"attnhash explain: warning: {m}", file=sys.stderr))
     if not 0.0 <= alpha <= 1.0:
         raise AttnHashError(f"--alpha must be between 0 and 1, got {alpha}")
+    if image_size is not None and not 8 <= image_size <= 1024:
+        raise AttnHashError(f"--image-size must be between 8 and 1024 pixels, got {image_size}")
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AttnHashError(f"{run_dir}: no such run folder")
     arrays = [open_image(p) for p in images]  # every image is checked before any work
+    reference_image = open_image(similar_to) if similar_to else None
     targets = output_paths(run_dir, images, out)
     encoder = Encoder(run_dir, device=device)
+    reference = None if reference_image is None else reference_code(encoder, reference_image, image_size)
+    if reference is not None and source == "auto":
+        source = "gradcam"
     cfg = encoder.config
+    size = image_size or encoder.image_size
     ablated = f" (no {', '.join(cfg.method.ablate)})" if cfg.method.ablate else ""
-    written = []
+    resized = f", shown at {size} px (trained at {encoder.image_size})" if size != encoder.image_size else ""
+    written, warned = [], False
     for s in range(0, len(arrays), batch_size):
         chunk = arrays[s:s + batch_size]
-        maps, codes, what = network_maps(encoder, chunk, source)
+        maps, codes, what = network_maps(encoder, chunk, source, image_size, reference)
+        if not warned:
+            advice = map_size_advice(min(maps.shape[1:]), size, output_stride(encoder))
+            if advice:
+                warn(advice)
+            warned = True
+        if reference is not None:
+            what += f" ({Path(similar_to).name})"
         for i, (image, amap, code) in enumerate(zip(chunk, maps, codes)):
             bits = np.packbits(code > 0)
             title = (f"{Path(images[s + i]).name}  |  {cfg.method.name}{ablated} {encoder.bits} bits, "
-                     f"{cfg.model.backbone}  |  code {bits.tobytes().hex()}")
+                     f"{cfg.model.backbone}{resized}  |  code {bits.tobytes().hex()}")
             flat = ", flat: the same everywhere" if float(amap.max() - amap.min()) == 0.0 else ""
             subtitle = f"{what} ({amap.shape[0]}x{amap.shape[1]}{flat})"
-            written.append(draw(image, amap, targets[s + i], title, subtitle, alpha))
+            written.append(save(overlay_figure(image, amap, title, subtitle, alpha), targets[s + i], dpi=100))
     return written
 
 
 def run(args) -> int:
     for path in explain(args.run, args.images, out=args.out, source=args.source, alpha=args.alpha,
-                        device=args.device):
+                        device=args.device, image_size=args.image_size, similar_to=args.similar_to):
         print(path)
     return 0

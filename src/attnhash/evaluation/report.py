@@ -1,82 +1,75 @@
-"""Tables and figures of a set of evaluated runs, laid out like the papers: one row per method, one column
-per code length, for mAP and the other metrics, in Markdown (and the JSON they come from)."""
+"""The Markdown report of an experiment grid: the papers' tables (one row per method, one column per code
+length; mean +- sd where a row has several seeds; best per column in bold) and their figures, linked."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from attnhash.atomic import atomic_write_text
-from attnhash.evaluation.plots import plot_h2, plot_pn, plot_pr
+from attnhash.evaluation.plots import Style, metric_vs_bits_figure, pn_figure, pr_figure, save
+from attnhash.evaluation.records import Results, group
+from attnhash.evaluation.tables import Table, ablation_pairs, comparisons_markdown, paired_tests, to_markdown
+
+TABLE_METRICS = ("mAP", "mAP_tie_aware", "precision_hamming2", "train_seconds")
 
 
-def _rows_and_bits(results: list[dict]) -> tuple[list[str], list[int]]:
-    rows: list[str] = []
-    for r in results:
-        if r["row"] not in rows:
-            rows.append(r["row"])
-    return rows, sorted({int(r["bits"]) for r in results})
-
-
-def table(results: list[dict], key: str, fmt: str = "{:.4f}", title: str | None = None) -> str:
-    """A Markdown table of `key` (a metric name, or a function of a result) by row and code length."""
-    rows, bits = _rows_and_bits(results)
-    cell = {(r["row"], int(r["bits"])): r for r in results}
-    get = key if callable(key) else (lambda r: r.get(key))
-    lines = []
-    if title:
-        lines += [f"**{title}**", ""]
-    lines.append("| method | " + " | ".join(f"{b} bits" for b in bits) + " |")
-    lines.append("|---|" + "---:|" * len(bits))
-    for row in rows:
-        values = []
-        for b in bits:
-            r = cell.get((row, b))
-            v = get(r) if r is not None else None
-            values.append("" if v is None else fmt.format(v))
-        lines.append(f"| {row} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
-def describe_setting(results: list[dict]) -> str:
-    r = results[0]
+def describe_setting(results: Results) -> str:
+    records = results.records()
+    r = records[0]
     top = "ALL" if r.get("topk") in (None, 0) else r["topk"]
-    backbones = ", ".join(dict.fromkeys(x["backbone"] for x in results))
-    return (f"dataset {r['dataset']} ({r['protocol']} protocol: {r['num_queries']} queries, "
-            f"{r['num_database']} database items), backbone {backbones}, metric mAP@{top}")
+    backbones = ", ".join(dict.fromkeys(str(x.get("backbone")) for x in records))
+    sizes = ", ".join(dict.fromkeys(f"{x['config']['data']['image_size']} px" for x in records
+                                    if (x.get("config") or {}).get("data", {}).get("image_size")))
+    return (f"dataset {r.get('dataset')} ({r.get('protocol')} protocol: {r.get('num_queries')} queries, "
+            f"{r.get('num_database')} database items), backbone {backbones}"
+            + (f", input {sizes}" if sizes else "") + f", metric mAP@{top}")
 
 
-def markdown_report(results: list[dict], title: str, notes: str = "") -> str:
-    top = results[0].get("topk")
-    top = "ALL" if top in (None, 0) else top
-    parts = [
-        f"# {title}",
-        "",
-        describe_setting(results),
-        "",
-        table(results, "mAP", title=f"mAP@{top} (ties broken by database index)"),
-        "",
-        table(results, "mAP_tie_aware", title=f"tie-aware mAP@{top}"),
-        "",
-        table(results, "precision_hamming2", title="P@H<=2"),
-        "",
-        table(results, lambda r: r.get("train_seconds"), fmt="{:.0f}", title="training time (s)"),
-        "",
-    ]
+def markdown_report(results: list[dict], title: str, notes: str = "", figures: list[tuple[str, str]] = (),
+                    pairs: list[tuple[str, str]] | None = None) -> str:
+    """The report's Markdown; `figures` are (caption, relative path) pairs to link; `pairs` (row, against) the
+    comparisons to test (default: each row against its ablations, when rows have several seeds)."""
+    cells = group(results)
+    parts = [f"# {title}", "", describe_setting(cells), ""]
+    for metric in TABLE_METRICS:
+        parts += [to_markdown(Table.of(cells, metric)), ""]
+    pairs = ablation_pairs(cells) if pairs is None else pairs
+    if pairs and cells.max_seeds > 1:
+        parts += [comparisons_markdown(paired_tests(cells, pairs)), ""]
+    for caption, path in figures:
+        parts += [f"![{caption}]({path})", ""]
     if notes:
         parts += [notes, ""]
     return "\n".join(parts)
 
 
-def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "") -> Path:
+def write_figures(results: list[dict], out_dir: Path) -> list[tuple[str, str]]:
+    """The grid's PR, P@N, P@H<=2 and mAP figures as PNG files in out_dir: (caption, file name) pairs."""
+    cells = group(results)
+    style = Style(cells.rows)
+    written = []
+    for dataset in cells.datasets:
+        suffix = "" if len(cells.datasets) == 1 else f"_{dataset}"
+        for name, fig in ((f"pr{suffix}.png", pr_figure(cells, style, dataset)),
+                          (f"pn{suffix}.png", pn_figure(cells, style, dataset))):
+            if fig is not None:
+                save(fig, out_dir / name)
+                written.append((f"{'PR' if name.startswith('pr') else 'P@N'} curves, {dataset}", name))
+    for name, metric, label in (("p_h2.png", "precision_hamming2", "P@H<=2"), ("map_bits.png", "mAP", "mAP")):
+        fig = metric_vs_bits_figure(cells, style, metric, label)
+        if fig is not None:
+            save(fig, out_dir / name)
+            written.append((f"{label} against code length", name))
+    return written
 
+
+def write_report(results: list[dict], out_dir: Path, title: str, notes: str = "",
+                 pairs: list[tuple[str, str]] | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("pr_*bits.png"), *out_dir.glob("pn_*bits.png")]:
+        stale.unlink()  # the one-figure-per-length files of earlier versions: the panels replace them
+    figures = write_figures(results, out_dir)
     path = out_dir / "report.md"
-    atomic_write_text(path, markdown_report(results, title, notes))
-    _, bits = _rows_and_bits(results)
-    for b in bits:
-        at_b = [r for r in results if int(r["bits"]) == b]
-        plot_pr(at_b, out_dir / f"pr_{b}bits.png", title=f"PR curves, {b} bits")
-        plot_pn(at_b, out_dir / f"pn_{b}bits.png", title=f"P@N, {b} bits")
-    plot_h2(results, out_dir / "p_h2.png")
+    atomic_write_text(path, markdown_report(results, title, notes, figures, pairs))
     return path

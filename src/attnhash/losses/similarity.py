@@ -239,10 +239,22 @@ class SimilarityPairs:
 
 def ssdh_squared_loss(h: Tensor, other: Tensor, s: Tensor, mask: Tensor) -> Tensor:
     """SSDH's loss: mean over known pairs of (<h_i, h_j>/K - S_ij)^2, h = tanh(z) in (-1, 1)^K."""
-    inner = h @ other.t() / h.shape[1]
-    return ((inner - s).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
+    return ssdh_squared_of_inner(h @ other.t(), s, mask, h.shape[1])
+
+
+def ssdh_squared_of_inner(inner: Tensor, s: Tensor, mask: Tensor, bits: int) -> Tensor:
+    """`ssdh_squared_loss` as a function of the inner products <h_i, h_j> of K-bit codes (a gradient attention
+    that weighs each pair's share of the gradient needs dL/d<h_i, h_j>)."""
+    return ((inner / bits - s).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def similarity_likelihood(h: Tensor, other: Tensor, s: Tensor, mask: Tensor, scale: float = 0.5) -> Tensor:
     """DPSH's pairwise negative log-likelihood on the known pairs of S, s_ij = (S_ij + 1)/2 in {0, 1}."""
     return pairwise_likelihood(h, other, (s + 1.0) * 0.5, scale=scale, mask=mask)
+
+
+def similarity_likelihood_of_inner(inner: Tensor, s: Tensor, mask: Tensor, scale: float = 0.5) -> Tensor:
+    """`similarity_likelihood` as a function of the inner products <h_i, h_j> (see ssdh_squared_of_inner)."""
+    theta = scale * inner
+    nll = F.softplus(theta) - (s + 1.0) * 0.5 * theta
+    return (nll * mask).sum() / mask.sum().clamp_min(1.0)

@@ -2,9 +2,17 @@
 Video Retrieval", CVPR 2020.
 
 Every class c gets a hash centre C_c in {-1, +1}^K, far from the others in Hamming distance:
-  - K a power of two and C <= 2K: rows of a Hadamard matrix H_K and of -H_K (the paper's construction).
-    Any two of these are exactly K/2 apart (a row and its own negation K apart). The Sylvester H_K has an
-    all-ones first column, so that bit is +1 in every centre: one constant bit, as in the paper.
+  - K a power of two and C <= 2K: rows of a Hadamard matrix H_K and of -H_K. Any two of these are exactly
+    K/2 apart (a row and its own negation K apart). Which rows (`hadamard_rows`):
+      "first": the first C rows of [H_K; -H_K] (the paper's construction). Entry (i, j) of Sylvester's H_K
+        is (-1)^popcount(i & j), so rows i < 16 see only the low 4 bits of the column index j: 10 classes
+        get 16 distinct bit columns at any K >= 16, each repeated K/16 times. A 64-bit code then carries
+        16 bits of information, and mAP is flat in K (0.731-0.739 at 16-64 bits on the supervised grid).
+        The all-ones first column is also a bit that is +1 in every centre.
+      "random": C distinct rows drawn (seeded by `centre_seed`) from the K rows of H_K (from the 2K rows of
+        [H_K; -H_K] when C > K). Pairs stay exactly K/2 apart, and the columns take 2^rank distinct
+        values, rank being that of the chosen row indices as vectors over GF(2): every bit is used as soon
+        as they span it (10 random rows of 64 do in almost every draw).
   - otherwise (48 bits, or more classes than 2K): centres drawn bit by bit from Bernoulli(1/2), whose
     pairwise distance is K/2 in expectation. Plain draws can put two centres close (48 bits, 100 classes:
     the closest pair is below K/4 in 42% of draws), so each centre is the best of 1,024 Bernoulli
@@ -45,7 +53,8 @@ DRAW_ROUNDS = 16  # fresh batches per centre before giving up
 class CSQParams:
     lam: float = 1e-4  # lambda: weight of the quantisation term
     min_distance: float = 0.25  # floor on the pairwise distance of random centres, as a fraction of K
-    centre_seed: int = 0  # seed of the random centres and of the tie-break vector
+    centre_seed: int = 0  # seed of the random centres (and random Hadamard rows) and of the tie-break vector
+    hadamard_rows: str = "first"  # first (the paper's) | random: which rows of [H_K; -H_K] are the centres
 
 
 def hadamard(k: int) -> Tensor:
@@ -87,11 +96,23 @@ def random_centres(num: int, bits: int, floor: int, seed: int = 0) -> Tensor:
     return torch.from_numpy(centres)
 
 
-def hash_centres(num_classes: int, bits: int, min_distance: float = 0.25, seed: int = 0) -> Tensor:
-    """The C x K centres of CSQ (Hadamard when K is a power of two and C <= 2K, else random)."""
+HADAMARD_ROWS = ("first", "random")
+
+
+def hash_centres(num_classes: int, bits: int, min_distance: float = 0.25, seed: int = 0,
+                 rows: str = "first") -> Tensor:
+    """The C x K centres of CSQ (Hadamard when K is a power of two and C <= 2K, else random): the first C
+    rows of [H; -H] (rows="first") or C distinct seeded random rows of H (of [H; -H] when C > K)."""
+    if rows not in HADAMARD_ROWS:
+        raise ConfigError(f"csq: hadamard_rows must be one of {', '.join(HADAMARD_ROWS)}, got {rows!r}")
     if num_classes <= 2 * bits and bits & (bits - 1) == 0:
         h = hadamard(bits)
-        return torch.cat([h, -h])[:num_classes].clone()
+        both = torch.cat([h, -h])
+        if rows == "first":
+            return both[:num_classes].clone()
+        pool = bits if num_classes <= bits else 2 * bits
+        chosen = np.random.default_rng(seed).choice(pool, size=num_classes, replace=False)
+        return both[torch.from_numpy(np.sort(chosen))].clone()
     return random_centres(num_classes, bits, math.ceil(min_distance * bits), seed)
 
 
@@ -133,7 +154,8 @@ class CSQ(Method):
         p = self.params
         if not 0 <= p.min_distance <= 0.5:
             raise ConfigError(f"csq: min_distance is a fraction of the bits in [0, 0.5], got {p.min_distance}")
-        self.register_buffer("centres", hash_centres(num_classes, bits, p.min_distance, p.centre_seed))
+        self.register_buffer("centres", hash_centres(num_classes, bits, p.min_distance, p.centre_seed,
+                                                     p.hadamard_rows))
         tie = torch.randint(0, 2, (bits,), generator=torch.Generator().manual_seed(p.centre_seed + 1))
         self.register_buffer("tie", tie.float() * 2 - 1)
 
@@ -142,7 +164,9 @@ class CSQ(Method):
         dist = (self.bits - c @ c.t()) / 2
         off = dist[~torch.eye(len(c), dtype=torch.bool, device=c.device)]
         closest = int(off.min()) if len(off) else self.bits
-        ctx.log(f"csq: {len(c)} hash centres of {self.bits} bits, closest pair {closest} bits apart")
+        columns = len(torch.unique(c.t(), dim=0))
+        ctx.log(f"csq: {len(c)} hash centres of {self.bits} bits, closest pair {closest} bits apart, "
+                f"{columns} distinct bit columns")
 
     def loss(self, out, batch, ctx):
         z = out["z"]

@@ -4,7 +4,8 @@ Network (paper, Fig. 1): backbone -> PFA (SimAM) added element-wise to the featu
 (`simam_residual` after the last stage, the default) -> pooling -> two branches on the same features:
 a hash branch u = tanh(W_h f + b_h) with K outputs and a classification branch (logits).
 `model.attention_placement=blocks` with `model.attention=simam` puts SimAM inside every residual block
-after its last BatchNorm instead, as the SimAM reference does (a config choice, no parameters either way).
+instead, where the SimAM reference does: right after conv2, before bn2 (a config choice, no parameters
+either way).
 
 Loss (the paper names its three parts; the exact forms are choices, DESIGN.md section 5):
     L = pairwise likelihood (DPSH: theta_ij = <u_i, u_j>/2, each batch against a memory bank of the

@@ -7,8 +7,8 @@ channel's spatial mean and variance, so the module has no parameters:
     d = (X - mean_hw X)^2,  v = sum_hw d / n,  n = H*W - 1,
     E = d / (4 (v + lambda)) + 0.5,   SimAM(X) = X * sigmoid(E),   lambda = 1e-4.
 
-`simam` is the module as the SimAM reference places it (inside every residual block, after the last BN of
-the branch); `simam_residual` is DPFAH's Fig. 1 form, whose output is added element-wise to the feature map
+`simam` is the module as the SimAM reference places it (inside every residual block, right after conv2
+and before bn2: model.attention_placement=blocks); `simam_residual` is DPFAH's Fig. 1 form, whose output is added element-wise to the feature map
 it attends: X + SimAM(X).
 
 Both keep `last_map`, the channel mean of the 3-D weights sigmoid(E) of the last forward (B, h, w),

@@ -1,8 +1,11 @@
 """ResNet18/34/50 in plain torch with torchvision's state-dict key names and shapes.
 
 A file such as torchvision's `resnet18-f37072fd.pth` loads into these models unchanged. The
-optional `block_attention` puts a module on the residual branch of every block, after its last
-BatchNorm and before the addition (SimAM's placement).
+optional `block_attention` puts a module on the residual branch of every block where the SimAM reference
+puts SimAM: right after conv2 and before bn2 (the reference wraps conv2 as (conv2, SimAM)), in a
+BasicBlock and in a Bottleneck (there conv2 is the 3x3 convolution, so the module sees `planes`
+channels). The module therefore attends the raw convolution output, and bn2 re-normalises what it
+weighted.
 """
 
 from __future__ import annotations
@@ -46,10 +49,15 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.conv2(out)
         if self.attention is not None:
             out = self.attention(out)
+        out = self.bn2(out)
         return self.relu(out + identity)
+
+    def extra_repr(self) -> str:
+        # in the structure the stage cache keys on, so a cache made with another placement is never reused
+        return "attention after conv2" if self.attention is not None else ""
 
 
 class Bottleneck(nn.Module):
@@ -75,11 +83,15 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.conv2(out)
         if self.attention is not None:
             out = self.attention(out)
+        out = self.relu(self.bn2(out))
+        out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+    def extra_repr(self) -> str:
+        return "attention after conv2" if self.attention is not None else ""
 
 
 class ResNet(Backbone):
@@ -139,7 +151,7 @@ class ResNet(Backbone):
             )
         mods = []
         for i in range(blocks):
-            att = self._block_attention(planes * block.expansion) if self._block_attention else None
+            att = self._block_attention(planes) if self._block_attention else None  # conv2's output channels
             mods.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None, att))
             self.inplanes = planes * block.expansion
         return nn.Sequential(*mods)
