@@ -90,7 +90,8 @@ def test_build_search_add_remove_info_on_milvus_match_faiss(setup, capsys):
     # the service fronts the collection: search by image and by id, and a batch
     from attnhash.serve import create_app
 
-    client = TestClient(create_app(str(db), backend="milvus", index_options={"collection": "attnhash"}))
+    client = TestClient(create_app(str(db), backend="milvus", index_options={"collection": "attnhash"}),
+                        base_url="http://127.0.0.1")  # a loopback Host: the service answers no other by default
     stats = client.get("/api/stats").json()
     assert (stats["backend"], stats["count"]) == ("milvus", 63)
     by_id = client.get("/api/search/by-id/5", params={"k": 30}).json()["results"]

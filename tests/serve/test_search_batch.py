@@ -26,7 +26,7 @@ def served(tmp_path_factory):
     run = make_tiny_run(str(root / "run"), seed=0)
     idx = root / "b.idx"
     assert main(["index", "build", str(run), "--images", str(root / "images"), "--out", str(idx)]) == 0
-    client = TestClient(create_app(str(idx), persist=False))
+    client = TestClient(create_app(str(idx), persist=False), base_url="http://127.0.0.1")
     return client, images, run
 
 
