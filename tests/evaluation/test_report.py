@@ -137,3 +137,9 @@ def test_report_with_run_folders_draws_every_figure(tmp_path, fmnist):
             "<td>16</td><td>2</td>") in page
     assert " ± " in page
 
+    # a run folder trained again since its record holds another model: the report does not use it
+    from attnhash.evaluation.records import run_folder
+
+    record = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    assert run_folder(record) is not None
+    assert run_folder({**record, "fingerprint": "0" * len(record["fingerprint"])}) is None

@@ -167,9 +167,13 @@ def records_from_path(path: str | Path) -> list[dict]:
 
 
 def run_folder(record: dict) -> RunFolder | None:
-    """The record's run folder when it is still on disk with its checkpoint."""
+    """The record's run folder when it is still on disk with the checkpoint that made the record (a folder
+    trained again since holds another model: its curves and codes would be passed off as the record's)."""
     path = record.get("run")
     if not path:
         return None
     run = RunFolder(path)
-    return run if run.has_model() else None
+    if not run.has_model():
+        return None
+    want = record.get("fingerprint")
+    return run if not want or run.fingerprint() == want else None
