@@ -49,7 +49,7 @@ def fmnist_test_images() -> tuple[np.ndarray, np.ndarray]:
 def make_index_file(tmp_path) -> tuple[str, FakeEncoder, list[str]]:
     """An index of 100 real images (PNG files) made with the fake encoder: (path, encoder, image paths)."""
     pics, labels = fmnist_test_images()
-    enc = FakeEncoder(64)
+    enc = FakeEncoder(64, class_names=[f"class{i}" for i in range(10)])
     paths = []
     for i in range(100):
         p = tmp_path / "img" / f"{i}.png"

@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import AUTH, TOKEN, local_client, png_bytes
+from serve_helpers import AUTH, TOKEN, local_client, make_index_file, png_bytes
 
 from attnhash.errors import IndexFileError
-from attnhash.index import create_index, open_index
+from attnhash.index import open_index
 from attnhash.serve import BackgroundServer, create_app
 from attnhash.serve.batching import MicroBatcher
 from index_fixtures import FakeEncoder, fmnist_images, make_tiny_run, write_image_folder
@@ -29,22 +29,10 @@ def images():
 
 
 @pytest.fixture
-def served(tmp_path, images):
+def served(tmp_path):
     """An index of 100 real images (as PNG files) built with the fake encoder, and a test client on it."""
-    pics, labels = images
-    enc = FakeEncoder(64, class_names=[f"class{i}" for i in range(10)])
-    paths = []
-    for i in range(100):
-        p = tmp_path / "img" / f"{i}.png"
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(png_bytes(pics[i]))
-        paths.append(str(p))
-    index = create_index("faiss", 64, fingerprint=enc.fingerprint,
-                         info={"class_names": [f"class{i}" for i in range(10)], "run_dir": "fake-run"})
-    index.add(enc.encode_images(list(pics[:100])), metadata=[{"path": p, "labels": [int(c)]}
-                                                              for p, c in zip(paths, labels[:100])])
-    path = str(tmp_path / "s.idx")
-    index.save(path)
+    path, enc, _ = make_index_file(tmp_path)
+    index = open_index(path)
     app = create_app(path, encoder=enc, max_upload_mb=0.5, token=TOKEN)
     yield local_client(app), path, enc, index
     app.state.service.close()
