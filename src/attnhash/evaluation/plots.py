@@ -97,8 +97,9 @@ def _by_bits(results: Results, dataset: str) -> list[int]:
     return [b for b in results.bits if any(results.get(row, dataset, b) for row in results.rows)]
 
 
-def pr_figure(results: Results, style: Style, dataset: str) -> Figure | None:
-    """Precision-recall by Hamming radius, one panel per code length."""
+def _curves_figure(results: Results, style: Style, dataset: str, key: str, x: str, y: str, title: str,
+                   xlabel: str, xlim: tuple | None = None, thin_markers: bool = False) -> Figure | None:
+    """One panel per code length, one seed-averaged curve (record field `key`) per row."""
     bits = _by_bits(results, dataset)
     if not bits:
         return None
@@ -106,36 +107,30 @@ def pr_figure(results: Results, style: Style, dataset: str) -> Figure | None:
     for ax, b in zip(axes.flat, bits):
         for row in results.rows:
             cell = results.get(row, dataset, b)
-            curve = _mean_curve(cell, "pr_curve", "recall", "precision") if cell else None
+            curve = _mean_curve(cell, key, x, y) if cell else None
             if curve is not None:
-                ax.plot(curve[0], curve[1], markersize=3, linewidth=1.2, markevery=max(1, len(curve[0]) // 8),
-                        **style.kwargs(row))
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{dataset}, {b} bits")
+                every = {"markevery": max(1, len(curve[0]) // 8)} if thin_markers else {}
+                ax.plot(curve[0], curve[1], markersize=3, linewidth=1.2, **every, **style.kwargs(row))
+        ax.set(xlabel=xlabel, ylabel="precision", ylim=(0, 1.02), title=f"{dataset}, {b} bits")
+        if xlim is not None:
+            ax.set_xlim(*xlim)
         ax.grid(alpha=0.3)
     _legend_outside(fig, axes)
-    fig.suptitle("Precision-recall (Hamming radius 0..K)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def pr_figure(results: Results, style: Style, dataset: str) -> Figure | None:
+    """Precision-recall by Hamming radius, one panel per code length."""
+    return _curves_figure(results, style, dataset, "pr_curve", "recall", "precision",
+                          "Precision-recall (Hamming radius 0..K)", "recall", xlim=(0, 1), thin_markers=True)
 
 
 def pn_figure(results: Results, style: Style, dataset: str) -> Figure | None:
     """Precision of the top N, one panel per code length."""
-    bits = _by_bits(results, dataset)
-    if not bits:
-        return None
-    fig, axes = _panels(len(bits))
-    for ax, b in zip(axes.flat, bits):
-        for row in results.rows:
-            cell = results.get(row, dataset, b)
-            curve = _mean_curve(cell, "precision_at_n", "", "") if cell else None
-            if curve is not None:
-                ax.plot(curve[0], curve[1], markersize=3, linewidth=1.2, **style.kwargs(row))
-        ax.set(xlabel="N (top results)", ylabel="precision", ylim=(0, 1.02), title=f"{dataset}, {b} bits")
-        ax.grid(alpha=0.3)
-    _legend_outside(fig, axes)
-    fig.suptitle("Precision of the top N", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _curves_figure(results, style, dataset, "precision_at_n", "", "", "Precision of the top N",
+                          "N (top results)")
 
 
 def metric_vs_bits_figure(results: Results, style: Style, metric: str, ylabel: str) -> Figure | None:
