@@ -1,8 +1,21 @@
 """DHIDA: Deep Hash with Improved Dual Attention (Information 12(7):285, 2021; seed 002).
 
 Network (paper, Fig. 1): backbone -> IDA module on the last feature map (`ida`, see
-attnhash/models/attention/dual.py; its input convolution makes A with 512 channels, the recipe's
-`width`) -> pooling -> hash layer fch, u = W^T psi(x) + b (eq. 14, linear).
+attnhash/models/attention/dual.py) -> pooling -> hash layer fch, u = W^T psi(x) + b (eq. 14, linear).
+
+The paper's IDA starts with a convolution layer making A (512 channels for its ResNet18: `attention_args.width`).
+The recipe leaves it out (width: null, IDA on the backbone's own map; choice, issue 16): on a pretrained
+backbone it is a fresh 1x1 conv + BN + ReLU between the pretrained features and the hash layer, and it makes
+DHIDA worse the longer the code. Measured on the fmnist grid (benchmarks/results/dhida_input/, probe.md):
+mAP@ALL 0.739 / 0.661 / 0.634 at 16 / 32 / 64 bits with it, 0.739 / 0.758 / 0.756 without. The probe shows
+why: the features the hash layer reads collapse onto fewer directions as K grows (effective rank 8.5 / 6.9 /
+4.6) and lose their class structure (cosine mAP of the features 0.92 / 0.77 / 0.67), while without the layer
+they keep more as K grows (rank 6.9 / 9.5 / 11.1, cosine mAP 0.91 / 0.91 / 0.87). The pairwise logits are sums
+over the K bits, so the gradient the loss sends into that freshly initialised layer grows with K; our reading
+of the probe is that this drives its ReLU units onto a few directions, which the pretrained map (no fresh
+layer in between) does not undergo. The attention's own scalars stay near 0 (alpha ~ 1e-5), so the module is
+close to the identity either way: the damage is the layer's, not the loss's (the audit of issue 16 saw DPSH
+with the same layer added fall from 0.743 to 0.328 at 64 bits). `--set model.attention_args.width=512` restores the paper's layer.
 
 The piecewise function f(u) (eq. 1) is a hard tanh: 1 above 1, u on [-1, 1], -1 below -1; the code is
 h = sign(f(u)) (eq. 2, sign(0) = +1).
