@@ -53,6 +53,7 @@ def test_a_world_of_one_equals_the_plain_run(fmnist, tmp_path):
     assert same_weights(tmp_path / "one", tmp_path / "plain")
 
 
+@pytest.mark.slow  # kill timing under a loaded 2-core machine: failed once in 3 full runs at 30 min load
 def test_a_killed_torchrun_job_resumes_to_the_same_weights(fmnist, tmp_path):
     args = ["--method", "dpsh", *TINY[:5], "3", *TINY[6:]]  # three epochs
     torchrun(2, "train", *args, "--name", "whole", "--out", str(tmp_path))
