@@ -85,7 +85,8 @@ def image_batches(source, indices: np.ndarray, image_size: int, batch_size: int,
 def encode_indices(model, source, indices, image_size: int, device: torch.device, batch_size: int = 256,
                    progress: bool = False, amp: bool = False, desc: str = "encode",
                    cached_stages: int = 0, skipped: Skipped | None = None, packed: bool = False,
-                   workers: int | None = None, outputs: bool = False) -> np.ndarray:
+                   workers: int | None = None, outputs: bool = False,
+                   stage_model: torch.nn.Module | None = None) -> np.ndarray:
     """Codes of source items `indices` through `model` ({-1,+1} int8, or packed bits with `packed`; with
     `outputs` the real-valued z (n, K) float32 instead, whose signs are the codes).
 
@@ -94,6 +95,8 @@ def encode_indices(model, source, indices, image_size: int, device: torch.device
     skipped: None = the first unreadable image raises its one-line DataError; a Skipped = unreadable images
     are left out of the codes (which then follow the readable items in order) and listed in it.
     workers: decoding processes (None: default_workers).
+    stage_model: the network whose first stages fill the stage cache when `model` is a folded copy of it (the
+    cache must hold the numbers training computes and reads; its key is the unfolded prefix's weights).
     """
     indices = np.asarray(indices)
     report = Progress(len(indices), desc, enabled=progress)
@@ -105,8 +108,8 @@ def encode_indices(model, source, indices, image_size: int, device: torch.device
                                   packed=packed)
 
     if cached_stages > 0:
-        feats = stage_outputs(model, source, indices, image_size, cached_stages, device, progress=progress,
-                              skipped=skipped)
+        feats = stage_outputs(stage_model or model, source, indices, image_size, cached_stages, device,
+                              progress=progress, skipped=skipped)
         batches = (feats[s : s + batch_size] for s in range(0, len(feats), batch_size))
         return run(batches, cached_stages)
     loader = image_batches(source, indices, image_size, batch_size, workers)

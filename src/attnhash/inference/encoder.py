@@ -18,7 +18,7 @@ from attnhash.data import FileSource, Skipped, resize_image, to_rgb_array
 from attnhash.errors import CheckpointError
 from attnhash.inference.device import pick_device, prepare_network
 from attnhash.inference.encode import codes_from_batches, encode_indices, outputs_from_batches
-from attnhash.models import network_from_spec
+from attnhash.models import inference_copy, network_from_spec
 from attnhash.models.backbones.weights import state_mismatch
 from attnhash.runs import RunFolder
 
@@ -55,6 +55,16 @@ class Encoder:
         self.model = network_from_spec(checkpoint.network)
         load_state_into(self.model, checkpoint.state, checkpoint.path)
         prepare_network(self.model, self.device)
+        self._folded: torch.nn.Module | None = None
+
+    @property
+    def folded_model(self) -> torch.nn.Module:
+        """The network with its BatchNorms folded (attnhash.models.inference_copy), made on first use: what
+        encoding runs. `model` stays unfolded for what needs the checkpoint's own layers: gradients and
+        attention maps (explain), export, and filling the stage cache with the numbers training reads."""
+        if self._folded is None:
+            self._folded = prepare_network(inference_copy(self.model), self.device)
+        return self._folded
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **kwargs) -> "Encoder":
@@ -67,14 +77,14 @@ class Encoder:
     def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
         """PIL images or HxWx3 uint8 arrays -> packed uint8 codes (n, bits/8)."""
         batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
-        codes = codes_from_batches(self.model, batches, self.device, packed=True)
+        codes = codes_from_batches(self.folded_model, batches, self.device, packed=True)
         return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
 
     def encode_images_with_outputs(self, images: Sequence, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
         """PIL images or HxWx3 uint8 arrays -> (packed codes (n, ceil(bits/8)), real-valued outputs z (n, bits)
         float32); the codes are sign(z), exactly those of encode_images. z ranks ties (<tanh(z), b>)."""
         batches = (self._batch(images[s : s + batch_size]) for s in range(0, len(images), batch_size))
-        z = outputs_from_batches(self.model, batches, self.device)
+        z = outputs_from_batches(self.folded_model, batches, self.device)
         if len(z) == 0:
             return np.zeros((0, code_bytes(self.bits)), np.uint8), np.zeros((0, self.bits), np.float32)
         return pack_codes(sign(z)), z
@@ -98,8 +108,8 @@ class Encoder:
         cached = 0
         if use_stage_cache and self.config.train.frozen_cache == "disk":
             cached = int(self.meta.get("frozen_stages", 0))
-        codes = encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
-                               cached_stages=cached, skipped=skipped, packed=True)
+        codes = encode_indices(self.folded_model, source, indices, self.image_size, self.device, batch_size,
+                               progress, cached_stages=cached, skipped=skipped, packed=True, stage_model=self.model)
         return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
 
     def encode_source_outputs(self, source, indices=None, batch_size: int = 256, progress: bool = True,
@@ -109,5 +119,5 @@ class Encoder:
         cached = 0
         if use_stage_cache and self.config.train.frozen_cache == "disk":
             cached = int(self.meta.get("frozen_stages", 0))
-        return encode_indices(self.model, source, indices, self.image_size, self.device, batch_size, progress,
-                              cached_stages=cached, outputs=True)
+        return encode_indices(self.folded_model, source, indices, self.image_size, self.device, batch_size,
+                              progress, cached_stages=cached, outputs=True, stage_model=self.model)

@@ -212,6 +212,14 @@ class EfficientNetLite(Backbone):
     def head(self) -> nn.Module | None:
         return self._fc
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for block in self._blocks:
+            if block._expand_conv is not None:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        return pairs
+
     def classify(self, features: Tensor) -> Tensor:
         if self._fc is None:
             return super().classify(features)

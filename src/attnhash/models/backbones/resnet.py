@@ -166,6 +166,19 @@ class ResNet(Backbone):
     def head(self) -> nn.Module | None:
         return self.fc
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "conv1", "bn1")]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                pairs.append((block, "conv1", "bn1"))
+                if block.attention is None:  # in-block attention sits between conv2 and bn2
+                    pairs.append((block, "conv2", "bn2"))
+                if isinstance(block, Bottleneck):
+                    pairs.append((block, "conv3", "bn3"))
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        return pairs
+
 
 @BACKBONES.register("resnet18")
 def resnet18(**kwargs) -> ResNet:
