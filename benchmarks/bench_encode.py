@@ -2,8 +2,8 @@
 
 - eager: plain eager PyTorch, the reference: the network in eval mode under torch.no_grad, contiguous NCHW
   batches of 256 from attnhash's ImageDataset through a DataLoader without workers, signs taken at the end;
-- lean: attnhash's Encoder (channels-last, inference mode, codes packed batch by batch, decoding workers for
-  image files: none are needed for these in-memory images);
+- lean: attnhash's Encoder (BatchNorm folded into the convolutions, channels-last, inference mode, codes packed
+  batch by batch, decoding workers for image files: none are needed for these in-memory images);
 - onnx: the run exported with `attnhash export --onnx` and run by onnxruntime (OnnxEncoder);
 
 at 32 px and 64 px (EfficientNet-Lite0, output stride 16, as the demo), each in its own process so peak memory

@@ -10,14 +10,13 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.codefile import SplitCodes
 from attnhash.config import RunConfig, config_from_dict
 from attnhash.errors import AttnHashError, CheckpointError, DataError
-from attnhash.runs.state import load_state, save_state
+from attnhash.runs.state import load_state, read_safetensors, save_state
 from attnhash.version import __version__
 
 # Version 2 added the network spec; a version-1 checkpoint cannot be rebuilt without its method.
@@ -115,12 +114,7 @@ class RunFolder:
             if self.path.is_dir():
                 raise CheckpointError(f"{self.path} has no {self.CHECKPOINT}")
             raise CheckpointError(f"{self.path}: no such run folder or checkpoint")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable checkpoint, the file is corrupted or truncated ({err})") from None
+        metadata, state = read_safetensors(path, "checkpoint")
         fmt = metadata.get("format")
         if fmt == "attnhash-checkpoint-1":
             raise CheckpointError(f"{path}: written by an older attnhash without the network spec; train the run "

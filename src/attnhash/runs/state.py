@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from attnhash.atomic import atomic_write
 from attnhash.errors import CheckpointError
@@ -74,13 +74,18 @@ def save_state(path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_state(path) -> dict[str, Any]:
+def read_safetensors(path, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file in one opening; CheckpointError (one line, naming the file and
+    `what` it should be) when it is missing, truncated or not safetensors."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable training state ({err})") from None
+        raise CheckpointError(f"{path}: not a readable {what}, the file is corrupted or truncated ({err})") from None
+
+
+def load_state(path) -> dict[str, Any]:
+    metadata, tensors = read_safetensors(path, "training state")
     if metadata.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an attnhash training state (format {metadata.get('format')!r})")
     try:
