@@ -2,7 +2,9 @@
 
 For each grid under benchmarks/grids/ whose results.json is committed under benchmarks/results/<grid>/, write
 docs/results/<grid>.html (+ .csv and .tex) from the records alone (as they were measured, whatever the code
-now), titled with the grid's name, with its compare pairs, and an index docs/results/README.md:
+now), titled with the grid's name, with its compare pairs, and an index docs/results/README.md of every page there
+(the named grids are made again, the others kept); a grid's verdict summary.md (attention_study_summary.py) is
+copied beside its page:
 
     python benchmarks/docs_reports.py [GRID ...]
 """
@@ -37,8 +39,14 @@ def main() -> None:
         out = DOCS / f"{name}.html"
         write_html_report(records, out, grid.name, pairs=grid.compare or None, run_figures=False,
                           notes=grid.description)
+        summary = RESULTS / name / "summary.md"
+        if summary.exists():
+            atomic_write_text(DOCS / f"{name}-verdict.md", summary.read_text())
         print(out)
-        index.append(f"| {grid.name} | [{name}.html]({name}.html) | [CSV]({name}.csv), [LaTeX]({name}.tex) |")
+    for name in sorted(p.stem for p in DOCS.glob("*.html") if (GRIDS / f"{p.stem}.yaml").exists()):
+        verdict = f", [verdict]({name}-verdict.md)" if (DOCS / f"{name}-verdict.md").exists() else ""
+        index.append(f"| {load_grid(GRIDS / f'{name}.yaml').name} | [{name}.html]({name}.html) | "
+                     f"[CSV]({name}.csv), [LaTeX]({name}.tex){verdict} |")
     atomic_write_text(DOCS / "README.md", "\n".join(index) + "\n")
 
 
