@@ -168,9 +168,10 @@ class Backbone(nn.Module):
 
     def fold_batchnorm(self) -> None:
         """For inference only: fold each eval-mode BatchNorm of `conv_bn_pairs` into its convolution (scaled
-        weights and a bias) and replace it by an identity. The same function up to float rounding, a third fewer
-        passes over the activations (2.3x eager at 32 px on 2 CPU cores with channels-last); the state dict
-        changes, so the folded backbone can neither train nor load a checkpoint."""
+        weights and a bias) and replace it by an identity. The same function up to float rounding with a third
+        fewer passes over the activations: the lean encoder's main gain (2.2x eager at 32 px, 2.6x at 64 px,
+        benchmarks/results/encode.md). The state dict changes: the folded backbone can neither train nor load a
+        checkpoint."""
         if self.training:
             raise RuntimeError(f"{self.name}: fold_batchnorm needs eval mode (it uses the running statistics)")
         for owner, conv_name, bn_name in self.conv_bn_pairs():
