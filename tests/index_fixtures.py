@@ -37,11 +37,14 @@ class FakeEncoder:
         g = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
         return (g - g.mean()).ravel()
 
-    def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
+    def encode_images_with_outputs(self, images: Sequence, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
         if len(images) == 0:
-            return np.zeros((0, self.bits // 8), dtype=np.uint8)
-        x = np.stack([self._grey(im) for im in images])
-        return pack_codes(np.where(x @ self._proj >= 0, 1, -1))
+            return np.zeros((0, self.bits // 8), dtype=np.uint8), np.zeros((0, self.bits), np.float32)
+        z = np.stack([self._grey(im) for im in images]) @ self._proj
+        return pack_codes(np.where(z >= 0, 1, -1)), z
+
+    def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
+        return self.encode_images_with_outputs(images, batch_size)[0]
 
     def encode_paths(self, paths: Sequence[str], batch_size: int = 128) -> np.ndarray:
         ims = []

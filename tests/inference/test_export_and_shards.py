@@ -1,12 +1,14 @@
 """ONNX export (the same codes as PyTorch, bit for bit, and the same fingerprint) and sharded encoding (over
 independent processes or torchrun ranks, merged in order into the index a single process builds)."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from attnhash.cli import main
 from attnhash.config import build_config
@@ -16,6 +18,7 @@ from attnhash.inference import Encoder
 from attnhash.inference.onnx_engine import OnnxEncoder, export_onnx
 from attnhash.methods import create_method
 from attnhash.runs import RunFolder
+from attnhash.serve import create_app
 from conftest import foolbox_photos
 from index_fixtures import write_image_folder
 
@@ -47,6 +50,15 @@ def test_onnx_codes_equal_pytorch_codes_on_real_images(lite_run, fmnist, tmp_pat
                                       onnx_enc.encode_source(files, progress=False))
         images = [files.image(i) for i in range(len(files))]
         np.testing.assert_array_equal(torch_enc.encode_images(images), onnx_enc.encode_images(images))
+        # the real-valued outputs too (what a reranked search orders ties by), equal up to float order
+        (codes_t, z_t), (codes_o, z_o) = torch_enc.encode_images_with_outputs(images), \
+            onnx_enc.encode_images_with_outputs(images)
+        np.testing.assert_array_equal(codes_t, codes_o)
+        np.testing.assert_allclose(z_o, z_t, rtol=1e-4, atol=1e-4)
+    z_t, z_o = torch_enc.encode_source_outputs(fmnist, idx, progress=False), \
+        onnx_enc.encode_source_outputs(fmnist, idx, progress=False)
+    np.testing.assert_array_equal(np.packbits(z_o >= 0, axis=1), b)
+    np.testing.assert_allclose(z_o, z_t, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_export_encode_and_an_index_with_the_same_fingerprint(lite_run, tmp_path, capsys):
@@ -66,6 +78,23 @@ def test_cli_export_encode_and_an_index_with_the_same_fingerprint(lite_run, tmp_
     assert open_index(str(tmp_path / "onnx.idx")).fingerprint == Encoder(lite_run).fingerprint
     # the index built with ONNX answers PyTorch image queries: the fingerprint check passes
     assert main(["search", str(tmp_path / "onnx.idx"), str(sorted(folder.rglob("*.png"))[3]), "--k", "1"]) == 0
+    # a search (and the service) on the ONNX engine, ties ranked by its real-valued outputs: PyTorch's answers
+    query = str(sorted(folder.rglob("*.png"))[5])
+    answers = {}
+    for engine in ("torch", "onnx"):
+        capsys.readouterr()
+        assert main(["search", str(tmp_path / "onnx.idx"), query, "--k", "10", "--rerank", "--json",
+                     "--engine", engine]) == 0
+        answers[engine] = json.loads(capsys.readouterr().out)
+    got, want = answers["onnx"][0]["results"], answers["torch"][0]["results"]
+    assert [(x["id"], x["distance"]) for x in got] == [(x["id"], x["distance"]) for x in want] and len(got) == 10
+    assert [x["score"] for x in got] == pytest.approx([x["score"] for x in want], rel=1e-4)  # float order only
+    app = create_app(str(tmp_path / "onnx.idx"), engine="onnx", token=None, rerank=True)
+    assert isinstance(app.state.service.encoder, OnnxEncoder)
+    with TestClient(app, base_url="http://127.0.0.1") as client, open(query, "rb") as f:
+        r = client.post("/api/search", files={"image": ("q.png", f.read(), "image/png")}, data={"k": "10"})
+    assert r.status_code == 200
+    assert [x["id"] for x in r.json()["results"]] == [x["id"] for x in answers["torch"][0]["results"]]
     (lite_run / "model.onnx").unlink()
 
 

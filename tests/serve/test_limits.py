@@ -145,13 +145,13 @@ def test_saturation_answers_503_with_retry_after(tmp_path):
     fmnist_pics = fmnist_test_images()
     path, enc, _ = make_index_file(tmp_path)
     gate = threading.Event()
-    real = enc.encode_images
+    real = enc.encode_images_with_outputs  # what the service's batcher calls
 
     def slow(images, *a, **k):
         gate.wait(10)
         return real(images, *a, **k)
 
-    enc.encode_images = slow
+    enc.encode_images_with_outputs = slow
     limits = ServiceLimits(max_active=2, max_waiting=1, wait_s=0.5)
     app = create_app(path, encoder=enc, token=None, limits=limits)
     query = png_bytes(fmnist_pics[0][5])

@@ -31,6 +31,8 @@ def register(sub) -> None:
                         "(default: attnhash.retrieval.rerank.DEFAULT)")
     add_location_args(p)
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="onnx: encode the query images with the run's exported model.onnx (attnhash export --onnx)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--radius must be >= 0, got {args.radius}")
     path, backend, options = open_location(args, args.index)
     retriever = Retriever.open(path, args.run, backend=backend, device=args.device, load_model=bool(args.images),
-                               **options)
+                               engine=args.engine, **options)
     rerank = RERANK_DEFAULT if args.rerank is None else args.rerank
     queries: list[str] = []
     answers = []

@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (info logs every request)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="onnx: encode query images with the run's exported model.onnx (attnhash export --onnx)")
     p.set_defaults(func=run)
 
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                      radius_tables=args.radius_tables, token=token, limits=limits, lock_wait=args.wait,
                      allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
                      allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
-                     index_options=options, rerank=args.rerank)
+                     index_options=options, rerank=args.rerank, engine=args.engine)
     svc = app.state.service
     model = svc.encoder.run_dir if svc.encoder is not None else f"none ({svc.encoder_error})"
     writes = ("off (no token: set ATTNHASH_TOKEN or --token-file)" if token is None

@@ -124,15 +124,22 @@ class OnnxEncoder:
         self.run_dir = meta.get("attnhash.run_dir", str(path.parent))
         self.config = config_from_dict(json.loads(meta["attnhash.config"]))  # the run's, as exported
 
-    def _codes(self, images: np.ndarray) -> np.ndarray:
-        z = self.session.run(["z"], {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
-        return np.packbits(z >= 0, axis=1)
+    def _z(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(["z"], {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+    def _resized(self, images: Sequence, start: int) -> np.ndarray:
+        return np.stack([resize_image(to_rgb_array(img, f"image {start + i}"), self.image_size)
+                         for i, img in enumerate(images)]).transpose(0, 3, 1, 2)
 
     def encode_images(self, images: Sequence, batch_size: int = 128) -> np.ndarray:
-        out = [self._codes(np.stack([resize_image(to_rgb_array(img, f"image {s + i}"), self.image_size)
-                                     for i, img in enumerate(images[s : s + batch_size])]).transpose(0, 3, 1, 2))
-               for s in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, code_bytes(self.bits)), np.uint8)
+        return self.encode_images_with_outputs(images, batch_size)[0]
+
+    def encode_images_with_outputs(self, images: Sequence, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """PIL images or HxWx3 uint8 arrays -> (packed codes, real-valued outputs z (n, bits) float32), as the
+        PyTorch Encoder's: the codes are z >= 0, and z ranks ties when a search reranks."""
+        out = [self._z(self._resized(images[s : s + batch_size], s)) for s in range(0, len(images), batch_size)]
+        z = np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
+        return np.packbits(z >= 0, axis=1) if len(z) else np.zeros((0, code_bytes(self.bits)), np.uint8), z
 
     def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128,
                      skipped: Skipped | None = None) -> np.ndarray:
@@ -142,6 +149,12 @@ class OnnxEncoder:
     def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True,
                       skipped: Skipped | None = None, **_ignored) -> np.ndarray:
         """Items of an ImageSource -> packed codes, read exactly as the PyTorch Encoder reads them."""
+        z = self.encode_source_outputs(source, indices, batch_size, progress, skipped=skipped)
+        return np.packbits(z >= 0, axis=1) if len(z) else np.zeros((0, code_bytes(self.bits)), np.uint8)
+
+    def encode_source_outputs(self, source, indices=None, batch_size: int = 256, progress: bool = True,
+                              skipped: Skipped | None = None, **_ignored) -> np.ndarray:
+        """Real-valued outputs z (n, bits) float32 of items of an ImageSource (the codes are z >= 0)."""
         indices = np.arange(len(source)) if indices is None else np.asarray(indices)
         report = Progress(len(indices), "encode (onnx)", enabled=progress)
         out = []
@@ -155,10 +168,10 @@ class OnnxEncoder:
                     skipped.add(int(indices[pos]), source.describe(int(indices[pos])), error)
             images = images[ok]
             if len(images):
-                out.append(self._codes(images))
+                out.append(self._z(images))
             report.update(len(batch["image"]))
         report.close()
-        return np.concatenate(out) if out else np.zeros((0, code_bytes(self.bits)), np.uint8)
+        return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
 
 def load_encoder(run: str | Path, engine: str = "torch", device: str = "auto",

@@ -245,10 +245,9 @@ class Retriever:
 
     def encode_images_for_search(self, images: Sequence[Any], rerank: bool = False
                                  ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Codes of query images, and their real-valued outputs when ranking ties by score (None when not
-        asked, or when the encoder gives only codes)."""
+        """Codes of query images, and their real-valued outputs when ranking ties by score (else None)."""
         encoder = self._need_encoder()
-        if rerank and hasattr(encoder, "encode_images_with_outputs"):
+        if rerank:
             return encoder.encode_images_with_outputs(images)
         return encoder.encode_images(images), None
 

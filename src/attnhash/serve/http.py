@@ -75,11 +75,13 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
                device: str = "auto", max_k: int | None = None, load_model: bool = True, radius_tables: bool = False,
                token: str | None = FROM_ENV, allowed_hosts: Sequence[str] | None = None,
                allowed_origins: Sequence[str] = (), limits: ServiceLimits | None = None,
-               lock_wait: float = 0.0, index_options: dict | None = None, rerank: bool | None = None) -> FastAPI:
+               lock_wait: float = 0.0, index_options: dict | None = None, rerank: bool | None = None,
+               engine: str = "torch") -> FastAPI:
     """The HTTP API and web page over `index_path` (see the module docstring).
 
     `encoder` injects a ready encoder (anything with bits, fingerprint, run_dir and encode_images); otherwise
-    the run folder `run_dir`, or the one recorded in the index, is loaded. Without a usable model the service
+    the run folder `run_dir`, or the one recorded in the index, is loaded (`engine` "onnx": its exported
+    model.onnx). Without a usable model the service
     still answers searches by id, and image searches get 503 with the reason. `radius_tables` builds the
     FAISS radius-search hash tables at start-up (in the background) instead of on the first radius query.
 
@@ -94,7 +96,7 @@ def create_app(index_path: str, run_dir: str | None = None, *, max_upload_mb: fl
     svc = SearchService(index_path, run_dir, encoder=encoder, backend=backend, persist=persist,
                         upload_dir=upload_dir, device=device, max_k=max_k, load_model=load_model,
                         radius_tables=radius_tables, writable=token is not None, limits=limits, lock_wait=lock_wait,
-                        index_options=index_options, rerank=rerank)
+                        index_options=index_options, rerank=rerank, engine=engine)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -61,7 +61,7 @@ class SearchService:
                  persist: bool = True, upload_dir: str | None = None, device: str = "auto", max_k: int | None = None,
                  load_model: bool = True, radius_tables: bool = False, writable: bool = True,
                  limits: ServiceLimits | None = None, lock_wait: float = 0.0, index_options: dict | None = None,
-                 rerank: bool | None = None, max_batch: int = 256) -> None:
+                 rerank: bool | None = None, max_batch: int = 256, engine: str = "torch") -> None:
         self.index_path = str(index_path)
         self.limits = replace(limits or ServiceLimits(), **({} if max_k is None else {"max_k": max_k}))
         self.max_k = self.limits.max_k
@@ -69,7 +69,6 @@ class SearchService:
         self.persist = persist
         self.rerank = RERANK_DEFAULT if rerank is None else bool(rerank)
         self.max_batch = max_batch
-        self._outputs = False  # whether the encoder gives real-valued outputs (for ranking ties by score)
         # the writer's lock first, the file after: what was read before the lock may already be stale. A Milvus
         # collection (index_path is then its database) keeps its own consistency: no file lock.
         self.file_lock = IndexLock(self.index_path, f"attnhash serve {self.index_path}")
@@ -77,13 +76,14 @@ class SearchService:
         if self.needs_file_lock:
             self.file_lock.acquire(lock_wait)
         try:
-            self._open(run_dir, encoder, backend, upload_dir, device, load_model, radius_tables, index_options)
+            self._open(run_dir, encoder, backend, upload_dir, device, load_model, radius_tables, index_options,
+                       engine)
         except BaseException:
             self.file_lock.release()
             raise
 
     def _open(self, run_dir, encoder, backend, upload_dir, device, load_model, radius_tables,
-              index_options) -> None:
+              index_options, engine) -> None:
         # index_options: backend options (milvus: collection, token)
         self.retriever = Retriever.open(self.index_path, backend=backend, load_model=False, **(index_options or {}))
         self.index = self.retriever.index
@@ -97,7 +97,7 @@ class SearchService:
         self.encoder_error: str | None = None
         if encoder is None and load_model:
             try:
-                encoder = Retriever.load_encoder(self.index, run_dir, device=device)
+                encoder = Retriever.load_encoder(self.index, run_dir, device=device, engine=engine)
             except AttnHashError as err:
                 if run_dir:  # asked for explicitly: fail at start-up
                     raise
@@ -106,11 +106,8 @@ class SearchService:
             self.encoder_error = "the service was started without a model"
         if encoder is not None:
             self.retriever = Retriever(self.index, encoder)
-            if hasattr(encoder, "encode_images_with_outputs"):  # one pass gives z; the codes are sign(z)
-                self._outputs = True
-                self.batcher = MicroBatcher(lambda images: encoder.encode_images_with_outputs(images)[1])
-            else:
-                self.batcher = MicroBatcher(encoder.encode_images)
+            # one pass gives z (PyTorch and ONNX encoders alike): the codes are sign(z), z ranks ties
+            self.batcher = MicroBatcher(lambda images: encoder.encode_images_with_outputs(images)[1])
         self._building = False
         if radius_tables and (hasattr(self.index, "build_layer") or hasattr(self.index, "build_hash")):
             # the radius tables take a while at 1e7 items (a minute here): build them in the background
@@ -148,12 +145,10 @@ class SearchService:
         """Codes of decoded images through the shared model (batched across concurrent requests)."""
         return self.encode_for_search(images)[0]
 
-    def encode_for_search(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Codes of decoded images and, when the encoder gives them, their real-valued outputs z."""
+    def encode_for_search(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes of decoded images and their real-valued outputs z."""
         if self.batcher is None:
             raise UnavailableError(f"search by image is unavailable: {self.encoder_error}")
-        if not self._outputs:
-            return self.batcher(images), None
         z = self.batcher(images)
         return pack_codes(sign(z)), z
 
