@@ -14,6 +14,7 @@ train.epochs=1).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from attnhash.atomic import atomic_write_text
@@ -28,10 +29,11 @@ def summary(grid_path: Path, out: str | None = None, overrides: list[str] | None
     grid = load_grid(grid_path, out)
     results = group(finished_results(grid, overrides))
     comparisons = paired_tests(results, grid.compare or [])
-    command = f"python -m attnhash experiment {grid_path}" + (f" --out {out}" if out else "") + "".join(
+    shown = os.path.relpath(grid_path)  # as typed from the repository, not this machine's absolute path
+    command = f"python -m attnhash experiment {shown}" + (f" --out {out}" if out else "") + "".join(
         f" --set {o}" for o in overrides or [])
     lines = [f"# {grid.name}", "", f"Commands: `{command}`, then `python benchmarks/attention_study_summary.py "
-             f"{grid_path}" + (f" --out {out}" if out else "") + "".join(f" --set {o}" for o in overrides or [])
+             f"{shown}" + (f" --out {out}" if out else "") + "".join(f" --set {o}" for o in overrides or [])
              + "`", "",
              f"{len(results.records())} of the grid's {len(grid.runs)} runs are finished.", ""]
     if not comparisons:
