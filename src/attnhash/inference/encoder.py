@@ -60,8 +60,9 @@ class Encoder:
     @property
     def folded_model(self) -> torch.nn.Module:
         """The network with its BatchNorms folded (attnhash.models.inference_copy), made on first use: what
-        encoding runs. `model` stays unfolded for what needs the checkpoint's own layers: gradients and
-        attention maps (explain), export, and filling the stage cache with the numbers training reads."""
+        encoding runs, and what export writes (so onnxruntime computes with the very same folded weights).
+        `model` stays unfolded for what needs the checkpoint's own layers: gradients and attention maps
+        (explain), and filling the stage cache with the numbers training reads."""
         if self._folded is None:
             self._folded = prepare_network(inference_copy(self.model), self.device)
         return self._folded

@@ -54,7 +54,7 @@ def export_onnx(run: str | Path, path: str | Path, opset: int = 17) -> Path:
     if encoder.network_spec.get("kind") != "deep":
         raise CheckpointError(f"{run}: a {encoder.config.method.name} run hashes with NumPy on backbone features; "
                               "only deep networks are exported to ONNX")
-    network = encoder.model.float().to(memory_format=torch.contiguous_format).eval()
+    network = encoder.folded_model.float().to(memory_format=torch.contiguous_format).eval()  # what Encoder runs
     size = encoder.image_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     buffer = io.BytesIO()
@@ -88,7 +88,7 @@ def export_torchscript(run: str | Path, path: str | Path) -> Path:
     encoder = Encoder(run, device="cpu")
     if encoder.network_spec.get("kind") != "deep":
         raise CheckpointError(f"{run}: only deep networks are exported")
-    network = encoder.model.float().to(memory_format=torch.contiguous_format).eval()
+    network = encoder.folded_model.float().to(memory_format=torch.contiguous_format).eval()  # what Encoder runs
     size = encoder.image_size
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
