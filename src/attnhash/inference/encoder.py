@@ -105,20 +105,21 @@ class Encoder:
         skipped: None = the first unreadable image raises its one-line DataError; a Skipped = unreadable
         images are listed there and left out, the codes following the readable items in order.
         """
-        indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-        cached = 0
-        if use_stage_cache and self.config.train.frozen_cache == "disk":
-            cached = int(self.meta.get("frozen_stages", 0))
-        codes = encode_indices(self.folded_model, source, indices, self.image_size, self.device, batch_size,
-                               progress, cached_stages=cached, skipped=skipped, packed=True, stage_model=self.model)
+        codes = self._encode_indices(source, indices, batch_size, progress, use_stage_cache, skipped=skipped,
+                                     packed=True)
         return codes if len(codes) else np.zeros((0, code_bytes(self.bits)), np.uint8)
 
     def encode_source_outputs(self, source, indices=None, batch_size: int = 256, progress: bool = True,
                               use_stage_cache: bool = False) -> np.ndarray:
         """Real-valued outputs z (n, bits) float32 of items of an ImageSource (the codes are sign(z))."""
+        return self._encode_indices(source, indices, batch_size, progress, use_stage_cache, outputs=True)
+
+    def _encode_indices(self, source, indices, batch_size: int, progress: bool, use_stage_cache: bool, **kwargs):
+        """encode_indices through the folded network, the frozen stages read from the disk cache (filled by the
+        unfolded network) when asked and the run was trained with it."""
         indices = np.arange(len(source)) if indices is None else np.asarray(indices)
         cached = 0
         if use_stage_cache and self.config.train.frozen_cache == "disk":
             cached = int(self.meta.get("frozen_stages", 0))
         return encode_indices(self.folded_model, source, indices, self.image_size, self.device, batch_size,
-                              progress, cached_stages=cached, outputs=True, stage_model=self.model)
+                              progress, cached_stages=cached, stage_model=self.model, **kwargs)
