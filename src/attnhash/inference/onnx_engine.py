@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from attnhash.atomic import atomic_write
-from attnhash.codes import code_bytes
+from attnhash.codes import pack_codes, sign
 from attnhash.config import config_from_dict
 from attnhash.data import FileSource, Skipped, resize_image, to_rgb_array
 from attnhash.errors import CheckpointError, DataError
@@ -139,7 +139,7 @@ class OnnxEncoder:
         PyTorch Encoder's: the codes are z >= 0, and z ranks ties when a search reranks."""
         out = [self._z(self._resized(images[s : s + batch_size], s)) for s in range(0, len(images), batch_size)]
         z = np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
-        return np.packbits(z >= 0, axis=1) if len(z) else np.zeros((0, code_bytes(self.bits)), np.uint8), z
+        return pack_codes(sign(z)), z
 
     def encode_paths(self, paths: Sequence[str | Path], batch_size: int = 128,
                      skipped: Skipped | None = None) -> np.ndarray:
@@ -149,8 +149,7 @@ class OnnxEncoder:
     def encode_source(self, source, indices=None, batch_size: int = 256, progress: bool = True,
                       skipped: Skipped | None = None, **_ignored) -> np.ndarray:
         """Items of an ImageSource -> packed codes, read exactly as the PyTorch Encoder reads them."""
-        z = self.encode_source_outputs(source, indices, batch_size, progress, skipped=skipped)
-        return np.packbits(z >= 0, axis=1) if len(z) else np.zeros((0, code_bytes(self.bits)), np.uint8)
+        return pack_codes(sign(self.encode_source_outputs(source, indices, batch_size, progress, skipped=skipped)))
 
     def encode_source_outputs(self, source, indices=None, batch_size: int = 256, progress: bool = True,
                               skipped: Skipped | None = None, **_ignored) -> np.ndarray:
