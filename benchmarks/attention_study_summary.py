@@ -29,12 +29,10 @@ def summary(grid_path: Path, out: str | None = None, overrides: list[str] | None
     grid = load_grid(grid_path, out)
     results = group(finished_results(grid, overrides))
     comparisons = paired_tests(results, grid.compare or [])
-    shown = os.path.relpath(grid_path)  # as typed from the repository, not this machine's absolute path
-    command = f"python -m attnhash experiment {shown}" + (f" --out {out}" if out else "") + "".join(
-        f" --set {o}" for o in overrides or [])
-    lines = [f"# {grid.name}", "", f"Commands: `{command}`, then `python benchmarks/attention_study_summary.py "
-             f"{shown}" + (f" --out {out}" if out else "") + "".join(f" --set {o}" for o in overrides or [])
-             + "`", "",
+    # the grid as typed from the repository (not this machine's absolute path), with the options it was run with
+    args = os.path.relpath(grid_path) + (f" --out {out}" if out else "") + "".join(f" --set {o}" for o in overrides or [])
+    lines = [f"# {grid.name}", "", f"Commands: `python -m attnhash experiment {args}`, then "
+             f"`python benchmarks/attention_study_summary.py {args}`", "",
              f"{len(results.records())} of the grid's {len(grid.runs)} runs are finished.", ""]
     if not comparisons:
         lines.append("No pair of compared rows has a finished cell yet.")
