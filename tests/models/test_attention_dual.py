@@ -127,6 +127,22 @@ def test_fast_path_equals_the_reference_map_with_gradients(symmetric):
         torch.testing.assert_close(x, y)
 
 
+@pytest.mark.parametrize("name", ["ida", "danet"])
+def test_channel_branch_one_image_at_a_time_equals_the_batched_map_with_gradients(name):
+    torch.manual_seed(8)
+    m = create_attention(name, 12).double()
+    a1 = torch.randn(3, 12, 6, dtype=torch.float64).relu().requires_grad_(True)
+    weights = torch.randn(3, 12, 6, dtype=torch.float64)
+    batched = torch.bmm(m.channel_attention(a1), a1)
+    (g_batched,) = torch.autograd.grad((batched * weights).sum(), a1)
+    per_image = m.channel_output(a1)  # checkpointed: the maps are recomputed in backward
+    (g_per_image,) = torch.autograd.grad((per_image * weights).sum(), a1)
+    torch.testing.assert_close(per_image, batched, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_per_image, g_batched, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(m.channel_output(a1), batched, rtol=1e-12, atol=1e-12)
+
+
 def test_danet_position_is_a_plain_row_softmax():
     energy = torch.randn(2, 5, 5)
     p = danet_position_attention(energy)
