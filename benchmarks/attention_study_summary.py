@@ -1,5 +1,6 @@
 """The verdict of the attention study: each method against its ablation per input size and code length, mean
-+- sd over seeds and a two-sided paired t-test over the seeds (scipy.stats.ttest_rel), with what it says.
++- sd over seeds and a two-sided paired t-test over the seeds (scipy.stats.ttest_rel), with what it says;
+then the papers' sweeps (rows that change one method parameter), each beside the default row's value.
 
 Run after `python -m attnhash experiment benchmarks/grids/attention_study.yaml` (or any part of it); prints and
 writes <the grid's out>/summary.md; `attnhash report benchmarks/grids/attention_study.yaml --out
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 
 from attnhash.atomic import atomic_write_text
-from attnhash.evaluation.records import group
+from attnhash.evaluation.records import Results, group, seed_of, setting_key
 from attnhash.evaluation.tables import comparisons_markdown, paired_tests
-from attnhash.experiment import finished_results, load_grid
+from attnhash.experiment import Grid, finished_results, load_grid
 
 GRID = Path(__file__).parent / "grids" / "attention_study.yaml"
 
@@ -43,10 +45,62 @@ def summary(grid_path: Path, out: str | None = None, overrides: list[str] | None
             lines.append(f"- {c.row} against {c.against}, {c.bits} bits: **{c.verdict}** "
                          f"({c.diff:+.4f} mAP over {len(c.seeds)} seeds"
                          + ("" if c.p is None else f", p = {c.p:.3f}") + ")")
+    lines += sweep_sections(grid, results)
     text = "\n".join(lines) + "\n"
     path = grid.out / "summary.md"
     atomic_write_text(path, text)
     return text, path
+
+
+def sweep_sections(grid: Grid, results: Results) -> list[str]:
+    """A table per swept parameter: rows whose only change is one `method.params.P=V`, with the default row
+    (same method, no change, the same setting otherwise) at seed 0 beside them, mAP per code length, the best
+    in bold, and the sweep's range against the default row's sd over its seeds."""
+    families: dict[tuple[str, str], set[str]] = {}  # (method, parameter) -> its sweep rows
+    plain: dict[str, str] = {}  # method -> its default row (no override, no ablation)
+    for run in grid.runs:
+        changes = [o for o in run.overrides if not o.startswith("train.seed=")]
+        if not changes and not run.ablate:
+            plain.setdefault(run.method, run.row)
+        elif len(changes) == 1 and changes[0].startswith("method.params.") and not run.ablate:
+            param = changes[0].split("=", 1)[0].removeprefix("method.params.")
+            families.setdefault((run.method, param), set()).add(run.row)
+
+    def records_of(row: str) -> list[dict]:
+        return [r for d in results.datasets for b in results.bits if (c := results.get(row, d, b))
+                for r in c.records.values()]
+
+    lines: list[str] = []
+    for (method, param), rows in families.items():
+        if len(rows) < 2:  # one changed value is a variant (uhga per-item), not a sweep
+            continue
+        drop = (f"method.params.{param}", "train.seed", "model.bits")
+        swept = [r for row in sorted(rows) for r in records_of(row)]
+        setting = {setting_key(r, drop) for r in swept}
+        default = [r for r in records_of(plain.get(method, "")) if setting_key(r, drop) in setting]
+        points: dict[float, dict[int, float]] = {}  # parameter value -> mAP by bits
+        for r in swept + [r for r in default if seed_of(r) == 0]:
+            points.setdefault(r["config"]["method"]["params"][param], {})[int(r["bits"])] = float(r["mAP"])
+        if len(points) < 2:
+            continue
+        default_value = default[0]["config"]["method"]["params"][param] if default else None
+        bits = sorted({b for v in points.values() for b in v})
+        column = {b: [v[b] for v in points.values() if b in v] for b in bits}
+        lines += ["", f"## {method}: the sweep of `{param}` (seed 0)", "",
+                  f"| {param} | " + " | ".join(f"mAP {b} bits" for b in bits) + " |", "|---:|" + "---:|" * len(bits)]
+        for value in sorted(points):
+            cells = [("-" if b not in points[value] else f"**{points[value][b]:.4f}**"
+                      if points[value][b] == max(column[b]) else f"{points[value][b]:.4f}") for b in bits]
+            lines.append(f"| {value}{' (default)' if value == default_value else ''} | " + " | ".join(cells) + " |")
+        spread = []
+        for b in (b for b in bits if len(column[b]) > 1):
+            seeds = [float(r["mAP"]) for r in default if int(r["bits"]) == b]
+            sd = f", the default's sd over {len(seeds)} seeds {statistics.stdev(seeds):.4f}" if len(seeds) > 1 else ""
+            spread.append(f"{b} bits {max(column[b]) - min(column[b]):.4f}{sd}")
+        if spread:
+            lines += ["", f"Range of mAP over the sweep: {'; '.join(spread)} (the default is seed 0 of "
+                      f"`{plain.get(method)}`)."]
+    return lines
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from attnhash.cli import main
-from attnhash.evaluation.records import group, records_from_path
+from attnhash.evaluation.records import group, records_from_path, setting_key
 from attnhash.evaluation.tables import Table, ablation_pairs, paired_tests, to_csv, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +88,16 @@ def test_a_consistent_difference_over_seeds_is_a_verdict():
         r["mAP"] = 0.80 + 0.001 * seed
     (c,) = paired_tests(results, [("dpfah", "dpfah w/o attention")])
     assert c.verdict == "helps" and c.p < 0.05 and c.diff > 0
+
+
+def test_setting_key_drops_nested_keys():
+    (a,) = [r for r in records_from_path(TABLE3) if r["row"] == "dpfah" and r["bits"] == 32]
+    b = copy.deepcopy(a)
+    b["config"]["method"]["params"]["alpha"] = 0.5  # a sweep's change, three levels deep
+    assert setting_key(a) != setting_key(b)
+    assert setting_key(a, ("method.params.alpha",)) == setting_key(b, ("method.params.alpha",))
+    assert setting_key(a, ("method.params.beta",)) != setting_key(b, ("method.params.beta",))
+    assert setting_key(a, ("no.such.key", "method.params.alpha.deeper")) == setting_key(a)
 
 
 def test_latex_and_csv_escape_and_keep_every_cell():

@@ -43,8 +43,10 @@ def setting_key(record: dict, drop: tuple[str, ...] = ()) -> str:
     with the same key were made the same way except for those keys."""
     config = json.loads(json.dumps(record.get("config") or {}))
     for key in IGNORED_IN_SETTING + drop:
-        section, _, leaf = key.rpartition(".")
-        holder = config.get(section) if section else config
+        *sections, leaf = key.split(".")
+        holder = config
+        for section in sections:  # nested: "method.params.alpha"
+            holder = holder.get(section) if isinstance(holder, dict) else None
         if isinstance(holder, dict):
             holder.pop(leaf, None)
     return json.dumps(config, sort_keys=True)
