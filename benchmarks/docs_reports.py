@@ -12,6 +12,7 @@ copied beside its page:
 from __future__ import annotations
 
 import argparse
+from functools import cache
 from pathlib import Path
 
 from attnhash.atomic import atomic_write_text
@@ -21,6 +22,11 @@ from attnhash.experiment import load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS, RESULTS, DOCS = ROOT / "benchmarks" / "grids", ROOT / "benchmarks" / "results", ROOT / "docs" / "results"
+
+
+@cache
+def grid_of(name: str):
+    return load_grid(GRIDS / f"{name}.yaml")  # read once for its page and its line in the index
 
 
 def main() -> None:
@@ -34,7 +40,7 @@ def main() -> None:
              "tables are also given as CSV and LaTeX.", "",
              "| grid | report | tables |", "|---|---|---|"]
     for name in names:
-        grid = load_grid(GRIDS / f"{name}.yaml")
+        grid = grid_of(name)
         records = records_from_path(RESULTS / name)
         out = DOCS / f"{name}.html"
         write_html_report(records, out, grid.name, pairs=grid.compare or None, run_figures=False,
@@ -45,7 +51,7 @@ def main() -> None:
         print(out)
     for name in sorted(p.stem for p in DOCS.glob("*.html") if (GRIDS / f"{p.stem}.yaml").exists()):
         verdict = f", [verdict]({name}-verdict.md)" if (DOCS / f"{name}-verdict.md").exists() else ""
-        index.append(f"| {load_grid(GRIDS / f'{name}.yaml').name} | [{name}.html]({name}.html) | "
+        index.append(f"| {grid_of(name).name} | [{name}.html]({name}.html) | "
                      f"[CSV]({name}.csv), [LaTeX]({name}.tex){verdict} |")
     atomic_write_text(DOCS / "README.md", "\n".join(index) + "\n")
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from attnhash.evaluation.records import Cell, Results  # noqa: E402
+from attnhash.evaluation.records import Cell, Results, group  # noqa: E402
 
 COLOURS = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -231,8 +231,6 @@ def _tile(ax, image: np.ndarray, text: str, colour: str) -> None:
 # ----- the figures of one run and of a grid's Markdown report ---------------------------------------------
 def plot_run(result: dict, out_dir: Path) -> list[Path]:
     """PR and P@N figures of one evaluated run (`attnhash evaluate`)."""
-    from attnhash.evaluation.records import group
-
     out_dir = Path(out_dir)
     results = group([result])
     style = Style(results.rows)

@@ -17,7 +17,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from attnhash.evaluation.records import Cell, Results
+from attnhash.evaluation.records import Cell, Results, setting_key
 
 METRICS = {  # metric -> (title, format)
     "mAP": ("mAP@{top} (ties broken by database index)", "{:.4f}"),
@@ -250,8 +250,6 @@ def paired_tests(results: Results, pairs: list[tuple[str, str]], metric: str = "
 def ablation_pairs(results: Results) -> list[tuple[str, str]]:
     """(row, its ablation) for rows whose records differ from another row's only by method.ablate (and the
     seed): e.g. "dpfah" and "dpfah w/o attention"."""
-    from attnhash.evaluation.records import setting_key
-
     keys: dict[str, set[str]] = {}
     ablated: dict[str, bool] = {}
     for cell in results.cells.values():
