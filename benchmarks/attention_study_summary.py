@@ -43,7 +43,7 @@ def summary(grid_path: Path, out: str | None = None, overrides: list[str] | None
                   "the test has 2 degrees of freedom, so only large and consistent differences show):", ""]
         for c in comparisons:
             lines.append(f"- {c.row} against {c.against}, {c.bits} bits: **{c.verdict}** "
-                         f"({c.diff:+.4f} mAP over {len(c.seeds)} seeds"
+                         f"({c.diff:+.4f} mAP over {len(c.seeds)} seed{'' if len(c.seeds) == 1 else 's'}"
                          + ("" if c.p is None else f", p = {c.p:.3f}") + ")")
     lines += sweep_sections(grid, results)
     text = "\n".join(lines) + "\n"
