@@ -47,3 +47,49 @@ def test_a_run_trains_the_same_with_a_cold_or_a_warm_cache(fmnist, tmp_path, mon
     warm = train(cfg, run_dir=tmp_path / "warm", progress=False, log=lambda m: None)
     a, b = load_file(cold.checkpoint), load_file(warm.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fill_killed_midway_resumes_and_leftovers_of_old_fills_are_redone(fmnist, tmp_path, monkeypatch):
+    """A run killed while it fills the cache (Ctrl-C, OOM) must leave a cache the next run can use: the rows
+    flushed before the kill are kept, the rest computed, and the result is what a cold fill gives."""
+    from attnhash.inference import stagecache
+
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(backbone="resnet18", weights="none", bits=16))
+    idx, cpu = np.arange(10), torch.device("cpu")
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "reference"))
+    reference = stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=2, progress=False, log=lambda m: None)
+
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "killed"))
+    monkeypatch.setattr(stagecache, "CHECKPOINT_BATCHES", 1)
+    real, calls = stagecache._run_prefix, []
+
+    def dies_on_the_fourth_batch(*args):
+        calls.append(1)
+        if len(calls) == 5:  # the first call is the shape probe
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(stagecache, "_run_prefix", dies_on_the_fourth_batch)
+    try:
+        stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=2, progress=False, log=lambda m: None)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the fill was meant to be interrupted")
+    monkeypatch.setattr(stagecache, "_run_prefix", real)
+    logged = []
+    resumed = stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=2, progress=False, log=logged.append)
+    assert logged == [logged[0]] and "computed 4 items" in logged[0]  # 3 batches of 2 were kept
+    assert torch.equal(resumed, reference)
+
+    # a folder an older version left when killed: meta.json and features.npy but no done.npy
+    folder = cache_root() / prefix_key(net, fmnist, 32, 2)
+    (folder / "done.npy").unlink()
+    logged.clear()
+    assert torch.equal(stage_outputs(net, fmnist, idx, 32, 2, cpu, progress=False, log=logged.append), reference)
+    assert "computed 10 items" in logged[0]
+    # one killed before it wrote meta.json: started again
+    (folder / "meta.json").unlink()
+    (folder / "done.npy").unlink()
+    assert torch.equal(stage_outputs(net, fmnist, idx, 32, 2, cpu, progress=False, log=lambda m: None), reference)

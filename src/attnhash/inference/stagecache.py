@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from attnhash.atomic import atomic_write
+from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.data import ImageDataset, Skipped
 
 
@@ -62,6 +62,39 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# how often a fill marks its progress on disk (at 256 images a batch: every ~4k images)
+CHECKPOINT_BATCHES = 16
+
+
+def _checkpoint(feats: np.memmap, done: np.ndarray, done_path: Path) -> None:
+    feats.flush()
+    atomic_write(done_path, lambda tmp: _save_npy(tmp, done))  # rows are marked done only once flushed
+
+
+def _open_or_create(folder: Path, network, source, indices, image_size: int, n_stages: int, device):
+    """The cache's arrays: (features memmap, done mask, done path). meta.json is written last, atomically, so
+    its presence says features.npy and done.npy were both made; a folder without it (a fill killed before it
+    wrote one) is started again. A missing done.npy (left by versions that wrote it only at the end) means no
+    row is done."""
+    meta_path, data_path, done_path = folder / "meta.json", folder / "features.npy", folder / "done.npy"
+    if meta_path.exists() and data_path.exists():
+        shape = tuple(json.loads(meta_path.read_text())["shape"])
+        feats = np.load(data_path, mmap_mode="r+")
+        if feats.shape == shape and feats.dtype == np.float32:
+            done = np.load(done_path) if done_path.exists() else np.zeros(shape[0], dtype=bool)
+            return feats, done, done_path
+        del feats
+    probe = _run_prefix(network, ImageDataset(source, indices[:1], image_size)[0]["image"][None], n_stages, device)
+    shape = (len(source), *probe.shape[1:])
+    folder.mkdir(parents=True, exist_ok=True)
+    feats = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=shape)
+    done = np.zeros(len(source), dtype=bool)
+    _checkpoint(feats, done, done_path)
+    atomic_write_text(meta_path, json.dumps({"shape": list(shape), "source": getattr(source, "name", ""),
+                                             "image_size": image_size, "n_stages": n_stages}))
+    return feats, done, done_path
+
+
 @torch.no_grad()
 def _run_prefix(network, images: torch.Tensor, n_stages: int, device) -> torch.Tensor:
     x = network.normalize(images.to(device))
@@ -85,20 +118,7 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
     was_training = network.training
     network.eval()
     with _locked(folder / "lock"):
-        meta_path, data_path, done_path = folder / "meta.json", folder / "features.npy", folder / "done.npy"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            shape = tuple(meta["shape"])
-            feats = np.load(data_path, mmap_mode="r+")
-            done = np.load(done_path)
-        else:
-            probe = _run_prefix(network, ImageDataset(source, indices[:1], image_size)[0]["image"][None], n_stages, device)
-            shape = (len(source), *probe.shape[1:])
-            folder.mkdir(parents=True, exist_ok=True)
-            feats = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=shape)
-            done = np.zeros(len(source), dtype=bool)
-            meta_path.write_text(json.dumps({"shape": list(shape), "source": getattr(source, "name", ""),
-                                             "image_size": image_size, "n_stages": n_stages}))
+        feats, done, done_path = _open_or_create(folder, network, source, indices, image_size, n_stages, device)
         todo = np.unique(indices[~done[indices]])
         if len(todo):
             # a private generator: iterating a DataLoader draws a seed from the global RNG, and a run must train
@@ -106,19 +126,21 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
             loader = DataLoader(ImageDataset(source, todo, image_size, skip_unreadable=skipped is not None),
                                 batch_size=batch_size, shuffle=False, generator=torch.Generator())
             pos, bad = 0, []
-            for batch in tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
-                              disable=None if progress else True):
+            for n, batch in enumerate(tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
+                                           disable=None if progress else True), 1):
                 out = _run_prefix(network, batch["image"], n_stages, device).numpy()
-                feats[todo[pos : pos + len(out)]] = out
+                rows = todo[pos : pos + len(out)]
+                feats[rows] = out
+                done[rows] = True
                 for k, error in enumerate(batch.get("error", ())):
                     if error:
-                        bad.append(int(todo[pos + k]))
+                        bad.append(int(rows[k]))
+                        done[bad[-1]] = False  # never cached: tried again (and reported again) next time
                         skipped.add(bad[-1], source.describe(bad[-1]), error)
                 pos += len(out)
-            feats.flush()
-            done[todo] = True
-            done[bad] = False  # never cached: tried again (and reported again) next time
-            atomic_write(done_path, lambda tmp: _save_npy(tmp, done))  # marked done only after the rows are flushed
+                if n % CHECKPOINT_BATCHES == 0:  # a fill that is killed resumes from here, not from nothing
+                    _checkpoint(feats, done, done_path)
+            _checkpoint(feats, done, done_path)
             log(f"stage cache {folder}: computed {len(todo)} items ({feats.nbytes / 2**20:.0f} MiB in all)")
         if skipped is not None:
             indices = indices[done[indices]]
