@@ -52,6 +52,12 @@ def summary(grid_path: Path, out: str | None = None, overrides: list[str] | None
     return text, path
 
 
+def _bold_if_best(value: float | None, column: list[float]) -> str:
+    if value is None:
+        return "-"
+    return f"**{value:.4f}**" if value == max(column) else f"{value:.4f}"
+
+
 def sweep_sections(grid: Grid, results: Results) -> list[str]:
     """A table per swept parameter: rows whose only change is one `method.params.P=V`, with the default row
     (same method, no change, the same setting otherwise) at seed 0 beside them, mAP per code length, the best
@@ -89,8 +95,7 @@ def sweep_sections(grid: Grid, results: Results) -> list[str]:
         lines += ["", f"## {method}: the sweep of `{param}` (seed 0)", "",
                   f"| {param} | " + " | ".join(f"mAP {b} bits" for b in bits) + " |", "|---:|" + "---:|" * len(bits)]
         for value in sorted(points):
-            cells = [("-" if b not in points[value] else f"**{points[value][b]:.4f}**"
-                      if points[value][b] == max(column[b]) else f"{points[value][b]:.4f}") for b in bits]
+            cells = [_bold_if_best(points[value].get(b), column[b]) for b in bits]
             lines.append(f"| {value}{' (default)' if value == default_value else ''} | " + " | ".join(cells) + " |")
         spread = []
         for b in (b for b in bits if len(column[b]) > 1):
