@@ -2,11 +2,16 @@
 
 - eager: plain eager PyTorch, the reference: the network in eval mode under torch.no_grad, contiguous NCHW
   batches of 256 from attnhash's ImageDataset through a DataLoader without workers, signs taken at the end;
-- lean: attnhash's Encoder (BatchNorm folded into the convolutions, channels-last, inference mode, codes packed
-  batch by batch, decoding workers for image files: none are needed for these in-memory images);
-- onnx: the run exported with `attnhash export --onnx` and run by onnxruntime (OnnxEncoder);
+- lean: attnhash's Encoder (BatchNorm folded into the convolutions, channels-last, inference mode, batches of
+  256 run through the network in chunks of about 256k pixels (encode.cpu_chunk: 256 images at 32 px, 28 at
+  96 px), codes packed batch by batch, decoding workers for image files: none are needed for these in-memory
+  images);
+- lean-unchunked: the same with the whole batch of 256 through the network at once (what lean did before the
+  chunking; the ratio lean / lean-unchunked is the chunking's own gain);
+- onnx: the run exported with `attnhash export --onnx` and run by onnxruntime (OnnxEncoder), whole batches
+  of 256 (in chunks as lean's it ran 0.73-0.75x as fast at 32-96 px: onnxruntime wants the big batch);
 
-at 32 px and 64 px (EfficientNet-Lite0, output stride 16, as the demo), each in its own process so peak memory
+at 32, 64 and 96 px (EfficientNet-Lite0, output stride 16, as the demo), each in its own process so peak memory
 (the process's maximum RSS) is its own. The codes of each path are compared with eager's bit by bit. Then the whole
 database encoded by `attnhash encode` in 1 process against 2 torchrun processes (1 thread each), wall time
 of the whole command.
@@ -69,9 +74,11 @@ def worker(path: str, run: str, limit: int | None) -> dict:
             z = torch.cat([network(b["image"])["z"] for b in loader])
         codes = np.packbits((z >= 0).numpy(), axis=1)
     else:
-        if path == "lean":
-            from attnhash.inference import Encoder
+        if path.startswith("lean"):
+            from attnhash.inference import Encoder, encode
 
+            if path == "lean-unchunked":
+                encode.CPU_CHUNK_PIXELS = 1 << 40
             encoder = Encoder(run, device="cpu")
         else:
             from attnhash.inference.onnx_engine import OnnxEncoder
@@ -103,7 +110,7 @@ def in_process(*args: str, env: dict | None = None) -> tuple[float, subprocess.C
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="encode only the first N database images (quick checks)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96])
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -117,7 +124,7 @@ def main() -> None:
             run = make_run(Path(tmp) / f"run{size}", size)
             export_onnx(run, run / "model.onnx")
             results = {}
-            for path in ("eager", "lean", "onnx"):
+            for path in ("eager", "lean-unchunked", "lean", "onnx"):
                 limit = ["--limit", str(args.limit)] if args.limit else []
                 _, done = in_process(sys.executable, __file__, "--worker", path, str(run), *limit)
                 results[path] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -149,6 +156,8 @@ def main() -> None:
 
 
 def write(rows: list[dict], scaling: dict) -> None:
+    from attnhash.inference.encode import cpu_chunk
+
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "encode.json").write_text(json.dumps({"paths": rows, "processes": scaling}, indent=1))
     lines = [
@@ -163,6 +172,13 @@ def write(rows: list[dict], scaling: dict) -> None:
         lines.append(f"| {r['image_size']} px | {r['path']} | {r['n']:,} | {r['images_per_s']:,.0f} | "
                      f"{r['vs_eager']:.2f}x | {r['peak_rss_mb']:,.0f} | {'yes' if r['codes_equal_to_eager'] else 'NO'} | "
                      f"{r['bits_differing_from_eager']:,} of {r['n'] * 64:,} ({r['images_differing_from_eager']:,}) |")
+    by = {(r["image_size"], r["path"]): r for r in rows}
+    for size in sorted({r["image_size"] for r in rows}):
+        chunked, whole = by.get((size, "lean")), by.get((size, "lean-unchunked"))
+        if chunked and whole:
+            same = "identical" if chunked["codes_sha256"] == whole["codes_sha256"] else "NOT identical"
+            lines.append(f"\nlean at {size} px, chunks of {cpu_chunk(size)} images against the whole batch of 256: "
+                         f"{chunked['images_per_s'] / whole['images_per_s']:.2f}x; the codes are {same}.")
     s = scaling
     lines += ["", f"The whole database ({s['images']:,} images, {s['image_size']} px) by `attnhash encode`: one process "
               f"{s['one_process_s']} s, two torchrun processes (one thread each) {s['two_processes_s']} s: "

@@ -153,3 +153,19 @@ def setup_context(num_train: int, train_labels: torch.Tensor, **fields):
 
     return TrainContext(network=None, forward=None, optimizer=None, train_labels=train_labels, num_train=num_train,
                         epochs=fields.pop("epochs", 1), device=fields.pop("device", torch.device("cpu")), **fields)
+
+
+@pytest.fixture(scope="module")
+def lite_run(tmp_path_factory):
+    """A DPFAH run on the pretrained EfficientNet-Lite0 at the demo's settings (SimAM attention, classifier):
+    real features, an untrained hash layer; its z values spread as a trained run's do."""
+    from attnhash.config import build_config
+    from attnhash.methods import create_method
+    from attnhash.runs import RunFolder
+
+    folder = tmp_path_factory.mktemp("lite") / "run"
+    cfg = build_config("dpfah", overrides=["model.bits=64", "data.image_size=32", "model.output_stride=16"])
+    method = create_method("dpfah", cfg.method.params, 64, num_classes=10, num_train=0)
+    spec = method.network_spec(cfg.model)
+    RunFolder(folder).save_model(spec.build().state_dict(), cfg, spec.to_dict(), {"num_classes": 10})
+    return folder

@@ -11,28 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attnhash.cli import main
-from attnhash.config import build_config
 from attnhash.data import FileSource
 from attnhash.index import open_index
 from attnhash.inference import Encoder
 from attnhash.inference.onnx_engine import OnnxEncoder, export_onnx
-from attnhash.methods import create_method
-from attnhash.runs import RunFolder
 from attnhash.serve import create_app
 from conftest import foolbox_photos
 from index_fixtures import write_image_folder
-
-
-@pytest.fixture(scope="module")
-def lite_run(tmp_path_factory):
-    """A DPFAH run on the pretrained EfficientNet-Lite0 at the demo's settings (SimAM attention, classifier):
-    real features, an untrained hash layer; its z values spread as a trained run's do."""
-    folder = tmp_path_factory.mktemp("lite") / "run"
-    cfg = build_config("dpfah", overrides=["model.bits=64", "data.image_size=32", "model.output_stride=16"])
-    method = create_method("dpfah", cfg.method.params, 64, num_classes=10, num_train=0)
-    spec = method.network_spec(cfg.model)
-    RunFolder(folder).save_model(spec.build().state_dict(), cfg, spec.to_dict(), {"num_classes": 10})
-    return folder
 
 
 def test_onnx_codes_equal_pytorch_codes_on_real_images(lite_run, fmnist, tmp_path):

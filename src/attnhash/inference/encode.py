@@ -30,17 +30,35 @@ def default_workers(source) -> int:
     return min(4, max(1, (os.cpu_count() or 2) - 1))
 
 
+# On a CPU the network takes at most this many input pixels at a time, whatever batch a caller decodes, so a
+# chunk's activations stay in the CPU's caches. The best chunk in a sweep on 2 cores was 128-256 images at 32 px,
+# 64 at 64 px, 16-32 at 96 px, 8 at 224 px: about this many pixels. Against whole batches of 256,
+# benchmarks/bench_encode.py measures 1.26x at 64 px and 1.58x at 96 px (the sweep: ~3x at 224 px), with half
+# the peak memory. Images are encoded independently (eval mode): the chunks change no code. (onnxruntime is
+# faster with the whole batch, so OnnxEncoder does not chunk.)
+CPU_CHUNK_PIXELS = 256 * 1024
+
+
+def cpu_chunk(image_size: int) -> int:
+    """Images of `image_size` px a CPU encodes at once."""
+    return max(1, CPU_CHUNK_PIXELS // (image_size * image_size))
+
+
 def _run_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool, progress: Progress | None,
-                 start_stage: int, convert) -> list[np.ndarray]:
+                 start_stage: int, convert, image_size: int | None) -> list[np.ndarray]:
     """The network over batches, each batch's z (float32, on the device) turned into an array by `convert`."""
     model.eval()
     out = []
     for x in batches:
         x = x.to(device, non_blocking=True)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            z = model(x, start_stage=start_stage)["z"].float()
+        zs = []
+        chunk = cpu_chunk(image_size or x.shape[-1]) if device.type == "cpu" else len(x)
+        for part in x.split(max(chunk, 1)):
+            if device.type == "cpu":
+                part = part.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                zs.append(model(part, start_stage=start_stage)["z"].float())
+        z = zs[0] if len(zs) == 1 else torch.cat(zs)
         out.append(convert(z))
         if progress is not None:
             progress.update(len(x))
@@ -51,23 +69,27 @@ def _run_batches(model: torch.nn.Module, batches, device: torch.device, amp: boo
 
 @torch.inference_mode()
 def codes_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False,
-                       progress: Progress | None = None, start_stage: int = 0, packed: bool = False) -> np.ndarray:
+                       progress: Progress | None = None, start_stage: int = 0, packed: bool = False,
+                       image_size: int | None = None) -> np.ndarray:
     """Run the model over batches (uint8 images, or stage outputs when start_stage > 0) and return the codes:
-    {-1,+1} int8 (n, K), sign(0) = +1, or with `packed` the packed bits (n, ceil(K/8)), packed as they come."""
+    {-1,+1} int8 (n, K), sign(0) = +1, or with `packed` the packed bits (n, ceil(K/8)), packed as they come.
+    image_size: the input images' size, which sets the CPU's chunks (cpu_chunk); None: the batches' own
+    width, right for images (stage outputs should pass it)."""
     if packed:
         out = _run_batches(model, batches, device, amp, progress, start_stage,
-                           lambda z: np.packbits((z >= 0).cpu().numpy(), axis=1))
+                           lambda z: np.packbits((z >= 0).cpu().numpy(), axis=1), image_size)
     else:
         out = _run_batches(model, batches, device, amp, progress, start_stage,
-                           lambda z: sign(z).to(torch.int8).cpu().numpy())
+                           lambda z: sign(z).to(torch.int8).cpu().numpy(), image_size)
     return np.concatenate(out) if out else np.zeros((0, 0), np.uint8 if packed else np.int8)
 
 
 @torch.inference_mode()
 def outputs_from_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool = False,
-                         progress: Progress | None = None, start_stage: int = 0) -> np.ndarray:
+                         progress: Progress | None = None, start_stage: int = 0,
+                         image_size: int | None = None) -> np.ndarray:
     """As codes_from_batches, but the real-valued hash-layer outputs z (n, K) float32; the codes are sign(z)."""
-    out = _run_batches(model, batches, device, amp, progress, start_stage, lambda z: z.cpu().numpy())
+    out = _run_batches(model, batches, device, amp, progress, start_stage, lambda z: z.cpu().numpy(), image_size)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -103,9 +125,10 @@ def encode_indices(model, source, indices, image_size: int, device: torch.device
 
     def run(batches, start_stage: int = 0) -> np.ndarray:
         if outputs:
-            return outputs_from_batches(model, batches, device, amp=amp, progress=report, start_stage=start_stage)
+            return outputs_from_batches(model, batches, device, amp=amp, progress=report, start_stage=start_stage,
+                                        image_size=image_size)
         return codes_from_batches(model, batches, device, amp=amp, progress=report, start_stage=start_stage,
-                                  packed=packed)
+                                  packed=packed, image_size=image_size)
 
     if cached_stages > 0:
         feats = stage_outputs(stage_model or model, source, indices, image_size, cached_stages, device,
