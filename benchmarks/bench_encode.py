@@ -152,10 +152,10 @@ def main() -> None:
         scaling = {"image_size": args.sizes[0], "images": 64000, "one_process_s": round(one, 1),
                    "two_processes_s": round(two, 1), "speedup": round(one / two, 2), "codes_equal": equal}
         print(f"database by attnhash encode: {scaling}", flush=True)
-    write(rows, scaling)
+    write(rows, scaling, " ".join(["python benchmarks/bench_encode.py", *sys.argv[1:]]))
 
 
-def write(rows: list[dict], scaling: dict) -> None:
+def write(rows: list[dict], scaling: dict, command: str) -> None:
     from attnhash.inference.encode import cpu_chunk
 
     RESULTS.mkdir(exist_ok=True)
@@ -163,7 +163,7 @@ def write(rows: list[dict], scaling: dict) -> None:
     lines = [
         "# Encoding the fmnist database, 64-bit codes (EfficientNet-Lite0, output stride 16)",
         "",
-        "`python benchmarks/bench_encode.py` (each path in its own process; peak memory = its maximum RSS)",
+        f"`{command}` (each path in its own process; peak memory = its maximum RSS)",
         "",
         "| size | path | images | images/s | vs eager | peak RSS (MB) | codes = eager's | bits (images) differing |",
         "|---:|---|---:|---:|---:|---:|---|---:|",
