@@ -10,19 +10,18 @@ from attnhash.inference import Encoder, encode
 
 def test_chunks_give_the_codes_and_outputs_of_whole_batches(lite_run, fmnist, monkeypatch):
     idx = np.arange(60000, 60300)
-    engines = [Encoder(lite_run, device="cpu")]
+    encoder = Encoder(lite_run, device="cpu")
     monkeypatch.setattr(encode, "CPU_CHUNK_PIXELS", 1 << 40)
     assert encode.cpu_chunk(32) >= 256  # each batch of 256 whole
-    whole = [e.encode_source_outputs(fmnist, idx, progress=False) for e in engines]
+    whole = encoder.encode_source_outputs(fmnist, idx, progress=False)
     monkeypatch.setattr(encode, "CPU_CHUNK_PIXELS", 7 * 32 * 32)
     assert encode.cpu_chunk(32) == 7  # uneven: each batch's last chunk is short
-    chunked = [e.encode_source_outputs(fmnist, idx, progress=False) for e in engines]
-    for w, c in zip(whole, chunked):
-        assert c.shape == w.shape == (300, 64)
-        np.testing.assert_array_equal(np.packbits(c >= 0, axis=1), np.packbits(w >= 0, axis=1))
-        np.testing.assert_allclose(c, w, rtol=1e-5, atol=1e-5)
+    chunked = encoder.encode_source_outputs(fmnist, idx, progress=False)
+    assert chunked.shape == whole.shape == (300, 64)
+    np.testing.assert_array_equal(np.packbits(chunked >= 0, axis=1), np.packbits(whole >= 0, axis=1))
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
     images = [fmnist.image(int(i)) for i in idx[:20]]
-    np.testing.assert_array_equal(engines[0].encode_images(images), np.packbits(whole[0][:20] >= 0, axis=1))
+    np.testing.assert_array_equal(encoder.encode_images(images), np.packbits(whole[:20] >= 0, axis=1))
 
 
 class _Recorder(torch.nn.Module):

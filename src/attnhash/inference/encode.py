@@ -34,8 +34,8 @@ def default_workers(source) -> int:
 # chunk's activations stay in the CPU's caches. The best chunk in a sweep on 2 cores was 128-256 images at 32 px,
 # 64 at 64 px, 16-32 at 96 px, 8 at 224 px: about this many pixels. Against whole batches of 256,
 # benchmarks/bench_encode.py measured 1.26x and 1.47x at 64 px and 1.58x and 1.57x at 96 px in two runs (the
-# sweep: ~3x at 224 px), with half the peak memory. Images are encoded independently (eval mode): the chunks change no code. (onnxruntime is
-# faster with the whole batch, so OnnxEncoder does not chunk.)
+# sweep: ~3x at 224 px), with half the peak memory. Images are encoded independently (eval mode), so the chunks
+# change no code. OnnxEncoder does not chunk: onnxruntime ran 0.73-0.75x as fast in these chunks.
 CPU_CHUNK_PIXELS = 256 * 1024
 
 
