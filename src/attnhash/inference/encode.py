@@ -49,12 +49,12 @@ def _run_batches(model: torch.nn.Module, batches, device: torch.device, amp: boo
     """The network over batches, each batch's z (float32, on the device) turned into an array by `convert`."""
     model.eval()
     out = []
+    cpu = device.type == "cpu"
     for x in batches:
         x = x.to(device, non_blocking=True)
         zs = []
-        chunk = cpu_chunk(image_size or x.shape[-1]) if device.type == "cpu" else len(x)
-        for part in x.split(max(chunk, 1)):
-            if device.type == "cpu":
+        for part in x.split(cpu_chunk(image_size or x.shape[-1]) if cpu else max(len(x), 1)):
+            if cpu:
                 part = part.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 zs.append(model(part, start_stage=start_stage)["z"].float())

@@ -125,7 +125,7 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
             # the same whether its cache was filled now or by an earlier run (stochastic depth draws from it)
             loader = DataLoader(ImageDataset(source, todo, image_size, skip_unreadable=skipped is not None),
                                 batch_size=batch_size, shuffle=False, generator=torch.Generator())
-            pos, bad = 0, []
+            pos = 0
             for n, batch in enumerate(tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
                                            disable=None if progress else True), 1):
                 out = _run_prefix(network, batch["image"], n_stages, device).numpy()
@@ -134,9 +134,9 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
                 done[rows] = True
                 for k, error in enumerate(batch.get("error", ())):
                     if error:
-                        bad.append(int(rows[k]))
-                        done[bad[-1]] = False  # never cached: tried again (and reported again) next time
-                        skipped.add(bad[-1], source.describe(bad[-1]), error)
+                        item = int(rows[k])
+                        done[item] = False  # never cached: tried again (and reported again) next time
+                        skipped.add(item, source.describe(item), error)
                 pos += len(out)
                 if n % CHECKPOINT_BATCHES == 0:  # a fill that is killed resumes from here, not from nothing
                     _checkpoint(feats, done, done_path)
