@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from attnhash.errors import ConfigError
-from attnhash.experiment import finished_results, load_grid, run_grid
+from attnhash.experiment import GridRunsFailed, finished_results, load_grid, run_grid
 
 # Real Fashion-MNIST, but a few hundred images and one epoch of an untrained ResNet18: seconds per run.
 TINY_BASE = {
@@ -165,3 +165,55 @@ def test_report_only_with_retrain_is_refused(tmp_path):
                            "--retrain"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cannot be combined with --retrain" in proc.stderr
+
+
+def test_keep_going_trains_the_other_runs_and_names_the_failed_ones(tmp_path, fmnist):
+    # a value only the method checks, when its run starts: the grid loads, that run fails
+    path = write_grid(tmp_path, [{"method": "dhida", "set": ["method.params.scale=-1.0"]}, {"method": "dpsh"}])
+    grid = load_grid(path)
+    with pytest.raises(ConfigError, match="scale must be positive"):
+        run_grid(grid, progress=False, log=lambda m: None)
+    assert not (tmp_path / "runs" / "dpsh-16b").exists()  # without keep_going the grid stops there
+
+    logs = []
+    with pytest.raises(GridRunsFailed) as caught:
+        run_grid(grid, progress=False, log=logs.append, keep_going=True)
+    assert [name for name, _ in caught.value.failures] == ["dhida-16b"]
+    assert [r["row"] for r in caught.value.results] == ["dpsh"]
+    assert any(m.startswith("[1/2] dhida-16b: FAILED") and "scale must be positive" in m for m in logs)
+    assert not any("Traceback" in m for m in logs)  # bad input: its one line is enough
+    assert [r["row"] for r in json.loads((tmp_path / "out" / "results.json").read_text())] == ["dpsh"]
+
+    proc = subprocess.run([sys.executable, "-m", "attnhash", "experiment", str(path), "--keep-going", "-q"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "1 run(s) of the grid failed: dhida-16b (ConfigError: dhida: scale must be positive" in proc.stderr
+    assert "dpsh-16b: done before" in proc.stdout and "| dpsh |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_keep_going_keeps_the_traceback_of_an_unexpected_error(tmp_path, monkeypatch):
+    import attnhash.experiment as experiment
+
+    def broken_train(cfg, **kwargs):
+        raise RuntimeError("boom in " + cfg.name)
+
+    monkeypatch.setattr(experiment, "train", broken_train)
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh"}]))
+    logs = []
+    with pytest.raises(GridRunsFailed, match=r"2 run\(s\) of the grid failed: dpsh-16b \(RuntimeError: boom in "
+                                             r"dpsh-16b\); dsh-16b") as caught:
+        run_grid(grid, progress=False, log=logs.append, keep_going=True)
+    assert caught.value.results == []
+    assert sum("Traceback" in m and "broken_train" in m for m in logs) == 2
+
+
+def test_the_grids_base_file_is_rewritten_only_when_it_changes(tmp_path):
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}, {"method": "dsh"}]))
+    base_file = tmp_path / "out" / "base.yaml"
+    finished_results(grid)
+    written = base_file.stat().st_mtime_ns
+    finished_results(grid)  # a second process reading the grid meanwhile sees the same, whole file
+    assert base_file.stat().st_mtime_ns == written
+    grid.base = {**grid.base, "train": {**grid.base["train"], "epochs": 2}}
+    finished_results(grid)
+    assert yaml.safe_load(base_file.read_text())["train"]["epochs"] == 2

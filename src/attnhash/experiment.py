@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import yaml
 
 from attnhash.atomic import atomic_write_text
 from attnhash.config import RunConfig, build_config, config_from_dict, load_yaml
-from attnhash.errors import ConfigError
+from attnhash.errors import AttnHashError, ConfigError
 from attnhash.evaluation.run import evaluate_run
 from attnhash.runs import RunFolder
 from attnhash.training import train
@@ -132,10 +133,22 @@ def _seeds(value, path, what: str) -> list[int | None]:
     return list(value)
 
 
+class GridRunsFailed(AttnHashError):
+    """Runs of a grid failed under keep_going; the others were trained, and `results` holds every finished run."""
+
+    def __init__(self, failures: list[tuple[str, str]], results: list[dict]):
+        self.failures, self.results = failures, results
+        listed = "; ".join(f"{name} ({why})" for name, why in failures)
+        super().__init__(f"{len(failures)} run(s) of the grid failed: {listed}")
+
+
 def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = None) -> RunConfig:
     base_file = grid.out / "base.yaml"
-    grid.out.mkdir(parents=True, exist_ok=True)
-    base_file.write_text(yaml.safe_dump(grid.base, sort_keys=False))
+    text = yaml.safe_dump(grid.base, sort_keys=False)
+    # two processes may run parts of one grid at once: the file each reads is whole, and rewritten only on change
+    if not base_file.is_file() or base_file.read_text() != text:
+        grid.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(base_file, text)
     overrides = [f"model.bits={run.bits}", f"method.ablate={json.dumps(run.ablate)}", f"name={run.name}",
                  f"out_dir={grid.runs_dir}", *run.overrides, *(extra_overrides or [])]
     return build_config(run.method, [str(base_file)], None, overrides)
@@ -152,12 +165,18 @@ def selected(grid: Grid, only: str | list[str] | None = None, seeds: list[int] |
 
 
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
-             only: str | list[str] | None = None, retrain: bool = False, seeds: list[int] | None = None) -> list[dict]:
+             only: str | list[str] | None = None, retrain: bool = False, seeds: list[int] | None = None,
+             keep_going: bool = False) -> list[dict]:
     """Train and evaluate the grid's runs (those `selected` by `only` and `seeds`), skipping finished ones
     unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of every
-    finished run of the grid, so a partial grid still reports."""
+    finished run of the grid, so a partial grid still reports.
+
+    A run that fails stops the grid, unless `keep_going`: then the failure is logged in one line (with the
+    traceback when it is not a user-facing error), the next runs go on, and at the end GridRunsFailed names
+    the failed runs and carries the results of the finished ones."""
     todo = selected(grid, only, seeds)
     recorded = _recorded_results(grid)
+    failures: list[tuple[str, str]] = []
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
         result = None if retrain else _finished_result(grid, run, _config_dict(cfg), recorded)
@@ -169,12 +188,24 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         run_dir = grid.runs_dir / run.name
         # an earlier training's metrics must never be read as those of the weights being trained now
         RunFolder(run_dir).forget_metrics()
-        train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
-        _, result = evaluate_run(run_dir, progress=progress, plots=False)
+        try:
+            train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
+            _, result = evaluate_run(run_dir, progress=progress, plots=False)
+        except Exception as err:
+            if not keep_going:
+                raise
+            why = f"{type(err).__name__}: {err}"
+            failures.append((run.name, why))
+            log(f"[{k}/{len(todo)}] {run.name}: FAILED after {time.time() - t0:.0f}s: {why}")
+            if not isinstance(err, AttnHashError):  # a bug, not bad input: keep where it happened
+                log(traceback.format_exc().rstrip())
+            continue
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
         _write_results(grid, finished_results(grid, extra_overrides))
     results = finished_results(grid, extra_overrides)
     _write_results(grid, results)
+    if failures:
+        raise GridRunsFailed(failures, results)
     return results
 
 
