@@ -3,7 +3,7 @@
 - eager: plain eager PyTorch, the reference: the network in eval mode under torch.no_grad, contiguous NCHW
   batches of 256 from attnhash's ImageDataset through a DataLoader without workers, signs taken at the end;
 - lean: attnhash's Encoder (BatchNorm folded into the convolutions, channels-last, inference mode, batches of
-  256 run through the network in chunks of about 256k pixels (encode.cpu_chunk: 256 images at 32 px, 28 at
+  256 run through the network in chunks of about 256k pixels (device.cpu_chunk: 256 images at 32 px, 28 at
   96 px), codes packed batch by batch, decoding workers for image files: none are needed for these in-memory
   images);
 - lean-unchunked: the same with the whole batch of 256 through the network at once (what lean did before the
@@ -75,10 +75,10 @@ def worker(path: str, run: str, limit: int | None) -> dict:
         codes = np.packbits((z >= 0).numpy(), axis=1)
     else:
         if path.startswith("lean"):
-            from attnhash.inference import Encoder, encode
+            from attnhash.inference import Encoder, device
 
             if path == "lean-unchunked":
-                encode.CPU_CHUNK_PIXELS = 1 << 40
+                device.CPU_CHUNK_PIXELS = 1 << 40
             encoder = Encoder(run, device="cpu")
         else:
             from attnhash.inference.onnx_engine import OnnxEncoder
@@ -156,7 +156,7 @@ def main() -> None:
 
 
 def write(rows: list[dict], scaling: dict, command: str) -> None:
-    from attnhash.inference.encode import cpu_chunk
+    from attnhash.inference.device import cpu_chunk
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "encode.json").write_text(json.dumps({"paths": rows, "processes": scaling}, indent=1))

@@ -1,21 +1,21 @@
-"""On a CPU a batch goes through the PyTorch network in chunks (encode.cpu_chunk, measured in
+"""On a CPU a batch goes through the PyTorch network in chunks (device.cpu_chunk, measured in
 benchmarks/bench_encode.py): the codes and outputs must be those of the whole batch, and the chunk follows the
 input images' size even when the batches are stage outputs."""
 
 import numpy as np
 import torch
 
-from attnhash.inference import Encoder, encode
+from attnhash.inference import Encoder, device, encode
 
 
 def test_chunks_give_the_codes_and_outputs_of_whole_batches(lite_run, fmnist, monkeypatch):
     idx = np.arange(60000, 60300)
     encoder = Encoder(lite_run, device="cpu")
-    monkeypatch.setattr(encode, "CPU_CHUNK_PIXELS", 1 << 40)
-    assert encode.cpu_chunk(32) >= 256  # each batch of 256 whole
+    monkeypatch.setattr(device, "CPU_CHUNK_PIXELS", 1 << 40)
+    assert device.cpu_chunk(32) >= 256  # each batch of 256 whole
     whole = encoder.encode_source_outputs(fmnist, idx, progress=False)
-    monkeypatch.setattr(encode, "CPU_CHUNK_PIXELS", 7 * 32 * 32)
-    assert encode.cpu_chunk(32) == 7  # uneven: each batch's last chunk is short
+    monkeypatch.setattr(device, "CPU_CHUNK_PIXELS", 7 * 32 * 32)
+    assert device.cpu_chunk(32) == 7  # uneven: each batch's last chunk is short
     chunked = encoder.encode_source_outputs(fmnist, idx, progress=False)
     assert chunked.shape == whole.shape == (300, 64)
     np.testing.assert_array_equal(np.packbits(chunked >= 0, axis=1), np.packbits(whole >= 0, axis=1))
@@ -37,7 +37,7 @@ class _Recorder(torch.nn.Module):
 
 
 def test_stage_outputs_are_chunked_by_the_images_size_not_their_own(monkeypatch):
-    monkeypatch.setattr(encode, "CPU_CHUNK_PIXELS", 5 * 32 * 32)
+    monkeypatch.setattr(device, "CPU_CHUNK_PIXELS", 5 * 32 * 32)
     feats = torch.randn(20, 4, 2, 2)  # stage outputs of 32 px images
     model, cpu = _Recorder(), torch.device("cpu")
     out = encode.outputs_from_batches(model, [feats[:12], feats[12:]], cpu, start_stage=3, image_size=32)

@@ -62,7 +62,7 @@ def test_a_fill_killed_midway_resumes_and_leftovers_of_old_fills_are_redone(fmni
 
     monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "killed"))
     monkeypatch.setattr(stagecache, "CHECKPOINT_BATCHES", 1)
-    real, calls = stagecache._run_prefix, []
+    real, calls = stagecache.run_prefix, []
 
     def dies_on_the_fourth_batch(*args):
         calls.append(1)
@@ -70,14 +70,14 @@ def test_a_fill_killed_midway_resumes_and_leftovers_of_old_fills_are_redone(fmni
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(stagecache, "_run_prefix", dies_on_the_fourth_batch)
+    monkeypatch.setattr(stagecache, "run_prefix", dies_on_the_fourth_batch)
     try:
         stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=2, progress=False, log=lambda m: None)
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError("the fill was meant to be interrupted")
-    monkeypatch.setattr(stagecache, "_run_prefix", real)
+    monkeypatch.setattr(stagecache, "run_prefix", real)
     logged = []
     resumed = stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=2, progress=False, log=logged.append)
     assert logged == [logged[0]] and "computed 4 items" in logged[0]  # 3 batches of 2 were kept
@@ -93,3 +93,23 @@ def test_a_fill_killed_midway_resumes_and_leftovers_of_old_fills_are_redone(fmni
     (folder / "meta.json").unlink()
     (folder / "done.npy").unlink()
     assert torch.equal(stage_outputs(net, fmnist, idx, 32, 2, cpu, progress=False, log=lambda m: None), reference)
+
+
+
+def test_a_cpu_fill_runs_in_chunks_and_stores_what_whole_batches_give(fmnist, tmp_path, monkeypatch):
+    from attnhash.inference import device
+
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(backbone="resnet18", weights="none", bits=16)).eval()
+    idx, cpu = np.arange(10), torch.device("cpu")
+    seen = []
+    net.backbone.stages()[0].register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "whole"))
+    whole = stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=4, progress=False, log=lambda m: None)
+    assert seen == [1, 4, 4, 2]  # the probe that sizes the cache, then whole batches
+    seen.clear()
+    monkeypatch.setattr(device, "CPU_CHUNK_PIXELS", 3 * 32 * 32)
+    monkeypatch.setenv("ATTNHASH_CACHE_DIR", str(tmp_path / "chunked"))
+    chunked = stage_outputs(net, fmnist, idx, 32, 2, cpu, batch_size=4, progress=False, log=lambda m: None)
+    assert seen == [1, 3, 1, 3, 1, 2]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

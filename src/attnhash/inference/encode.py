@@ -18,6 +18,7 @@ from attnhash.codefile import CodeSet
 from attnhash.codes import sign
 from attnhash.data import FileSource, ImageDataset, Skipped
 from attnhash.errors import DataError
+from attnhash.inference.device import device_chunks
 from attnhash.inference.progress import Progress
 from attnhash.inference.stagecache import stage_outputs
 
@@ -30,32 +31,15 @@ def default_workers(source) -> int:
     return min(4, max(1, (os.cpu_count() or 2) - 1))
 
 
-# On a CPU the network takes at most this many input pixels at a time, whatever batch a caller decodes, so a
-# chunk's activations stay in the CPU's caches. The best chunk in a sweep on 2 cores was 128-256 images at 32 px,
-# 64 at 64 px, 16-32 at 96 px, 8 at 224 px: about this many pixels. Against whole batches of 256,
-# benchmarks/bench_encode.py measured 1.26x and 1.47x at 64 px and 1.58x and 1.57x at 96 px in two runs (the
-# sweep: ~3x at 224 px), with half the peak memory. Images are encoded independently (eval mode), so the chunks
-# change no code. OnnxEncoder does not chunk: onnxruntime ran 0.73-0.75x as fast in these chunks.
-CPU_CHUNK_PIXELS = 256 * 1024
-
-
-def cpu_chunk(image_size: int) -> int:
-    """Images of `image_size` px a CPU encodes at once."""
-    return max(1, CPU_CHUNK_PIXELS // (image_size * image_size))
-
-
 def _run_batches(model: torch.nn.Module, batches, device: torch.device, amp: bool, progress: Progress | None,
                  start_stage: int, convert, image_size: int | None) -> list[np.ndarray]:
     """The network over batches, each batch's z (float32, on the device) turned into an array by `convert`."""
     model.eval()
     out = []
-    cpu = device.type == "cpu"
     for x in batches:
         x = x.to(device, non_blocking=True)
         zs = []
-        for part in x.split(cpu_chunk(image_size or x.shape[-1]) if cpu else max(len(x), 1)):
-            if cpu:
-                part = part.contiguous(memory_format=torch.channels_last)
+        for part in device_chunks(x, image_size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 zs.append(model(part, start_stage=start_stage)["z"].float())
         z = zs[0] if len(zs) == 1 else torch.cat(zs)

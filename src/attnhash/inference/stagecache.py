@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from attnhash.atomic import atomic_write, atomic_write_text
 from attnhash.data import ImageDataset, Skipped
+from attnhash.inference.device import device_chunks
 
 
 def cache_root() -> Path:
@@ -84,7 +85,7 @@ def _open_or_create(folder: Path, network, source, indices, image_size: int, n_s
             done = np.load(done_path) if done_path.exists() else np.zeros(shape[0], dtype=bool)
             return feats, done, done_path
         del feats
-    probe = _run_prefix(network, ImageDataset(source, indices[:1], image_size)[0]["image"][None], n_stages, device)
+    probe = run_prefix(network, ImageDataset(source, indices[:1], image_size)[0]["image"][None], n_stages, device)
     shape = (len(source), *probe.shape[1:])
     folder.mkdir(parents=True, exist_ok=True)
     feats = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=shape)
@@ -96,13 +97,17 @@ def _open_or_create(folder: Path, network, source, indices, image_size: int, n_s
 
 
 @torch.no_grad()
-def _run_prefix(network, images: torch.Tensor, n_stages: int, device) -> torch.Tensor:
-    x = network.normalize(images.to(device))
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    for stage in network.backbone.stages()[:n_stages]:
-        x = stage(x)
-    return x.float().cpu()
+def run_prefix(network, images: torch.Tensor, n_stages: int, device) -> torch.Tensor:
+    """The network's first `n_stages` backbone stages over a batch of `images`, on `device` and in its chunks
+    (device_chunks): float32, contiguous NCHW, on the device."""
+    stages = network.backbone.stages()[:n_stages]
+    outs = []
+    for x in device_chunks(images.to(device)):
+        x = network.normalize(x)
+        for stage in stages:
+            x = stage(x)
+        outs.append(x.float().contiguous())
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stages: int, device,
@@ -128,7 +133,7 @@ def stage_outputs(network, source, indices: np.ndarray, image_size: int, n_stage
             pos = 0
             for n, batch in enumerate(tqdm(loader, desc=f"frozen stages -> {folder.name[:8]}", leave=False,
                                            disable=None if progress else True), 1):
-                out = _run_prefix(network, batch["image"], n_stages, device).numpy()
+                out = run_prefix(network, batch["image"], n_stages, device).cpu().numpy()
                 rows = todo[pos : pos + len(out)]
                 feats[rows] = out
                 done[rows] = True

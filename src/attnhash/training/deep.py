@@ -27,7 +27,7 @@ from attnhash.data import ImageDataset, RunData, augment_batch
 from attnhash.errors import ConfigError
 from attnhash.inference import encode_indices
 from attnhash.inference.distributed import SINGLE, Distributed
-from attnhash.inference.stagecache import stage_outputs
+from attnhash.inference.stagecache import run_prefix, stage_outputs
 from attnhash.methods import TrainContext, create_method
 from attnhash.metrics import mean_average_precision
 from attnhash.runs import RunFolder
@@ -93,17 +93,12 @@ class TrainBatches:
 
     @torch.no_grad()
     def _cache_frozen(self, network, frozen: int, log, progress):
-        stages = network.backbone.stages()[:frozen]
         loader = DataLoader(self.dataset, batch_size=256, shuffle=False, num_workers=self.cfg.train.num_workers)
         parts, nbytes, t0 = [], 0, time.time()
         network.eval()
         for batch in tqdm(loader, desc="cache frozen stages", leave=False, disable=None if progress else True):
-            x = network.normalize(batch["image"].to(self.device))
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            for stage in stages:
-                x = stage(x)
-            parts.append(x.contiguous())
+            x = run_prefix(network, batch["image"], frozen, self.device)
+            parts.append(x)
             nbytes += x.numel() * x.element_size()
             if nbytes * self.n / max(1, sum(len(p) for p in parts)) > CACHE_LIMIT_BYTES:
                 log("frozen features would not fit the cache limit; recomputing them every epoch instead")
