@@ -1,6 +1,7 @@
 """Experiment grids: runs are named per row and code length, finished runs are reused, partial grids report."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -217,3 +218,30 @@ def test_the_grids_base_file_is_rewritten_only_when_it_changes(tmp_path):
     grid.base = {**grid.base, "train": {**grid.base["train"], "epochs": 2}}
     finished_results(grid)
     assert yaml.safe_load(base_file.read_text())["train"]["epochs"] == 2
+
+
+def test_jobs_train_runs_in_processes_of_their_own(tmp_path, fmnist):
+    path = write_grid(tmp_path, [{"method": "dhida", "set": ["method.params.scale=-1.0"]}, {"method": "dpsh"},
+                                 {"method": "dsh"}])
+    command = [sys.executable, "-m", "attnhash", "experiment", str(path), "--jobs", "2", "-q"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    # dhida and dpsh start together; dhida fails, so dsh is not started, and dpsh finishes
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("1 run(s) of the grid failed: dhida-16b (attnhash experiment: error: dhida: scale must be positive"
+            in proc.stderr)
+    assert "not started after the failure: dsh-16b" in proc.stderr
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # each process its share of the cores
+    assert f"dpsh-16b: training ({threads} thread(s);" in proc.stdout and "dpsh-16b: mAP" in proc.stdout
+    assert (tmp_path / "runs" / "dpsh-16b" / "metrics.json").exists() and not (tmp_path / "runs" / "dsh-16b").exists()
+    assert "scale must be positive" in (tmp_path / "runs" / "dhida-16b" / "experiment.log").read_text()
+    assert [r["row"] for r in json.loads((tmp_path / "out" / "results.json").read_text())] == ["dpsh"]
+
+    proc = subprocess.run([*command, "--keep-going"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "not started" not in proc.stderr, proc.stderr
+    assert "dsh-16b: mAP" in proc.stdout and "dpsh-16b" not in proc.stdout  # finished before: not started again
+    assert [r["row"] for r in json.loads((tmp_path / "out" / "results.json").read_text())] == ["dpsh", "dsh"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| dpsh |" in report and "| dsh |" in report
+
+    proc = subprocess.run([*command[:-3], "--jobs", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--jobs must be at least 1, got 0" in proc.stderr

@@ -154,27 +154,43 @@ def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = Non
     return build_config(run.method, [str(base_file)], None, overrides)
 
 
-def selected(grid: Grid, only: str | list[str] | None = None, seeds: list[int] | None = None) -> list[GridRun]:
-    """The grid's runs whose name contains one of the texts `only` (all when None) and whose training seed is
-    one of `seeds` (all when None; a run without a seed of its own has the base's)."""
+def selected(grid: Grid, only: str | list[str] | None = None, seeds: list[int] | None = None,
+             names: list[str] | None = None) -> list[GridRun]:
+    """The grid's runs whose name contains one of the texts `only` (all when None), whose training seed is
+    one of `seeds` (all when None; a run without a seed of its own has the base's), and whose name is one of
+    `names` (all when None)."""
     texts = [only] if isinstance(only, str) else only
     base_seed = int(((grid.base or {}).get("train") or {}).get("seed", 0))
+    if names is not None and (unknown := set(names) - {r.name for r in grid.runs}):
+        raise ConfigError(f"{grid.source}: no run named {', '.join(sorted(unknown))}")
     return [r for r in grid.runs
             if (not texts or any(t in r.name for t in texts))
-            and (seeds is None or (base_seed if r.seed is None else r.seed) in seeds)]
+            and (seeds is None or (base_seed if r.seed is None else r.seed) in seeds)
+            and (names is None or r.name in names)]
+
+
+def pending_runs(grid: Grid, extra_overrides: list[str] | None = None, only: str | list[str] | None = None,
+                 seeds: list[int] | None = None, retrain: bool = False) -> list[GridRun]:
+    """The selected runs that run_grid would train: every one with `retrain`, else those not finished."""
+    todo = selected(grid, only, seeds)
+    if retrain:
+        return todo
+    recorded = _recorded_results(grid)
+    return [run for run in todo
+            if _finished_result(grid, run, _config_dict(run_config(grid, run, extra_overrides)), recorded) is None]
 
 
 def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: bool = True, log=print,
              only: str | list[str] | None = None, retrain: bool = False, seeds: list[int] | None = None,
-             keep_going: bool = False) -> list[dict]:
-    """Train and evaluate the grid's runs (those `selected` by `only` and `seeds`), skipping finished ones
+             keep_going: bool = False, names: list[str] | None = None) -> list[dict]:
+    """Train and evaluate the grid's runs (those `selected` by `only`, `seeds` and `names`), skipping finished ones
     unless `retrain` (e.g. a run whose time was measured on a busy machine); returns the results of every
     finished run of the grid, so a partial grid still reports.
 
     A run that fails stops the grid, unless `keep_going`: then the failure is logged in one line (with the
     traceback when it is not a user-facing error), the next runs go on, and at the end GridRunsFailed names
     the failed runs and carries the results of the finished ones."""
-    todo = selected(grid, only, seeds)
+    todo = selected(grid, only, seeds, names)
     recorded = _recorded_results(grid)
     failures: list[tuple[str, str]] = []
     for k, run in enumerate(todo, 1):
@@ -201,9 +217,9 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
                 log(traceback.format_exc().rstrip())
             continue
         log(f"[{k}/{len(todo)}] {run.name}: mAP {result['mAP']:.4f} in {time.time() - t0:.0f}s")
-        _write_results(grid, finished_results(grid, extra_overrides))
+        write_results(grid, finished_results(grid, extra_overrides))
     results = finished_results(grid, extra_overrides)
-    _write_results(grid, results)
+    write_results(grid, results)
     if failures:
         raise GridRunsFailed(failures, results)
     return results
@@ -265,5 +281,8 @@ def _recorded_results(grid: Grid) -> dict[str, dict]:
     return {Path(r["run"]).name: r for r in records}
 
 
-def _write_results(grid: Grid, results: list[dict]) -> None:
+def write_results(grid: Grid, results: list[dict]) -> None:
+    """results.json: the records of the grid's finished runs (finished_results), written atomically. Processes
+    running parts of one grid each write it as they finish a run, so the last to write may have missed another's
+    run; rewritten from the run folders, it holds them all again."""
     atomic_write_text(grid.out / "results.json", json.dumps(results, indent=1))
