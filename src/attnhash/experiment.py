@@ -134,7 +134,8 @@ def _seeds(value, path, what: str) -> list[int | None]:
 
 
 class GridRunsFailed(AttnHashError):
-    """Runs of a grid failed under keep_going; the others were trained, and `results` holds every finished run."""
+    """Runs of a grid failed (under keep_going, or in the processes of `attnhash experiment --jobs`); the others
+    were trained, and `results` holds every finished run."""
 
     def __init__(self, failures: list[tuple[str, str]], results: list[dict]):
         self.failures, self.results = failures, results
