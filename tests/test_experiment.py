@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from attnhash.errors import ConfigError
@@ -245,3 +246,43 @@ def test_jobs_train_runs_in_processes_of_their_own(tmp_path, fmnist):
 
     proc = subprocess.run([*command[:-3], "--jobs", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--jobs must be at least 1, got 0" in proc.stderr
+
+
+def test_a_run_killed_while_it_trains_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, fmnist, monkeypatch):
+    from safetensors.torch import load_file
+
+    from attnhash.runs import RunFolder
+
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 3}}
+    grid = load_grid(write_grid(tmp_path, [{"method": "dpsh"}], base=base))
+    run_grid(grid, progress=False, log=lambda m: None)
+    model = tmp_path / "runs" / "dpsh-16b" / "model.safetensors"
+    whole = load_file(model)
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "out" / "results.json").unlink()
+
+    class Killed(Exception):
+        pass
+
+    saved = RunFolder.save_train_state
+
+    def killed_after_the_second_epoch(self, state):
+        saved(self, state)
+        if state["epoch"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(RunFolder, "save_train_state", killed_after_the_second_epoch)
+    with pytest.raises(Killed):
+        run_grid(grid, progress=False, log=lambda m: None)
+    monkeypatch.setattr(RunFolder, "save_train_state", saved)
+    logs = []
+    run_grid(grid, progress=False, log=logs.append)
+    assert any("dpsh-16b: resuming its training" in m for m in logs)
+    assert [json.loads(line)["epoch"] for line in (model.parent / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    resumed = load_file(model)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+    # another config is another training: from the start, and its own state is the only one resumed later
+    logs.clear()
+    run_grid(grid, ["train.epochs=2"], progress=False, log=logs.append)
+    assert any("dpsh-16b: training" in m for m in logs) and not any("resuming" in m for m in logs)

@@ -23,8 +23,9 @@ A grid file (YAML):
 A run of seed s is named "<row>-<bits>b-s<s>", except the base's own seed (train.seed, 0 by default), which keeps
 "<row>-<bits>b": the same run as in the grids that share the folder.
 
-Runs whose folder already holds a metrics.json made by the same config are skipped, so an interrupted grid
-resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
+Runs whose folder already holds a metrics.json made by the same config are skipped, and a run killed while it
+trained continues from its last finished epoch (to the weights an uninterrupted run reaches), so an interrupted
+grid resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
 run folders that are gone.
 """
 
@@ -43,7 +44,7 @@ from attnhash.config import RunConfig, build_config, config_from_dict, load_yaml
 from attnhash.errors import AttnHashError, ConfigError
 from attnhash.evaluation.run import evaluate_run
 from attnhash.runs import RunFolder
-from attnhash.training import train
+from attnhash.training import resume_run, train
 
 
 @dataclass
@@ -200,13 +201,19 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         if result is not None:
             log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
             continue
-        log(f"[{k}/{len(todo)}] {run.name}: training")
         t0 = time.time()
         run_dir = grid.runs_dir / run.name
+        folder = RunFolder(run_dir)
         # an earlier training's metrics must never be read as those of the weights being trained now
-        RunFolder(run_dir).forget_metrics()
+        folder.forget_metrics()
+        resume = (not retrain and folder.file(RunFolder.TRAIN_STATE).exists()
+                  and _as_current(folder.saved_config()) == _config_dict(cfg))
+        log(f"[{k}/{len(todo)}] {run.name}: " + ("resuming its training" if resume else "training"))
         try:
-            train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
+            if resume:  # killed mid-training with this config: go on from its last finished epoch, same weights
+                resume_run(run_dir, progress=progress, log=lambda m: log(f"    {m}"))
+            else:
+                train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
             _, result = evaluate_run(run_dir, progress=progress, plots=False)
         except Exception as err:
             if not keep_going:

@@ -67,6 +67,9 @@ def test_log_codes_and_metrics(tmp_path):
     assert state["epoch"] == 1 and torch.equal(state["weights"]["w"], torch.ones(2)) and state["groups"] == {0: [1, 2]}
     folder.finish_training()
     assert folder.load_train_state() is None
+    folder.save_train_state({"epoch": 3})
+    folder.start_training(build_config("dsh"))  # a new training: the other's state is not this one's to resume
+    assert folder.load_train_state() is None and folder.load_config() == build_config("dsh")
     codes = SplitCodes(np.zeros((2, 2), np.uint8), np.ones((3, 2), np.uint8), np.eye(2, dtype=np.uint8),
                        np.eye(3, 2, dtype=np.uint8), bits=16, topk=None, fingerprint="abc",
                        extra={"encode_images_per_s": 12.5})

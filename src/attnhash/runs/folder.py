@@ -144,8 +144,10 @@ class RunFolder:
 
     # ---- a training in progress ---------------------------------------------------------------------
     def start_training(self, config: RunConfig) -> None:
-        """A new training in this folder: its config (so --resume knows it) and an empty log."""
+        """A new training in this folder: its config (so --resume knows it) and an empty log. The resumable state
+        of an earlier training goes first: resumed under this config it would continue the other training."""
         self.create()
+        self.file(self.TRAIN_STATE).unlink(missing_ok=True)
         atomic_write_text(self.file(self.CONFIG), config.to_yaml())
         self.write_log([])
 
