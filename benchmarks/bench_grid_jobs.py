@@ -8,7 +8,7 @@ its own, so both pay the cache's fill (under --jobs 2 the first two runs fill it
 other's lock), as a new grid does. Wall time of the whole command; mAP of each run both ways (thread counts change
 float order, so they may differ in the last digits).
 
-    python benchmarks/bench_grid_jobs.py [--epochs 2] [--train-limit 2000]   -> benchmarks/results/grid_jobs.md
+    python benchmarks/bench_grid_jobs.py [--epochs 2] [--train-limit 1000]   -> benchmarks/results/grid_jobs.md
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROWS = ["dpsh", "dsh", "hashnet", "dpfah"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-limit", type=int, default=2000)
+    parser.add_argument("--train-limit", type=int, default=1000)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     base = {"data": {"dataset": "fmnist", "protocol": "fmnist", "image_size": 32, "train_limit": args.train_limit,
