@@ -6,7 +6,7 @@ the disk stage cache, batch 64), DPSH, DSH, HashNet and DPFAH at 32 bits, with f
 queries (500) and database items (10,000), so the whole comparison takes minutes. Each mode trains the grid into folders of its own with a stage cache of
 its own, so both pay the cache's fill (under --jobs 2 the first two runs fill it together, one waiting on the
 other's lock), as a new grid does. Wall time of the whole command; mAP of each run both ways (thread counts change
-float order, so they may differ in the last digits).
+float order, and training carries the difference on: mAP differs by up to ~0.015 at 2 epochs).
 
     python benchmarks/bench_grid_jobs.py [--epochs 2] [--train-limit 1000]   -> benchmarks/results/grid_jobs.md
 """

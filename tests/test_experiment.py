@@ -282,6 +282,15 @@ def test_a_run_killed_while_it_trains_resumes_to_the_weights_of_an_uninterrupted
     resumed = load_file(model)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
+    # killed while it was evaluated: the trained model is evaluated, not trained again
+    (model.parent / "metrics.json").unlink()
+    (tmp_path / "out" / "results.json").unlink()
+    written = model.stat().st_mtime_ns
+    logs.clear()
+    run_grid(grid, progress=False, log=logs.append)
+    assert any("dpsh-16b: evaluating its trained model" in m for m in logs) and model.stat().st_mtime_ns == written
+    assert (model.parent / "metrics.json").exists()
+
     # another config is another training: from the start, and its own state is the only one resumed later
     logs.clear()
     run_grid(grid, ["train.epochs=2"], progress=False, log=logs.append)

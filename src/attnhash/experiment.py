@@ -23,9 +23,9 @@ A grid file (YAML):
 A run of seed s is named "<row>-<bits>b-s<s>", except the base's own seed (train.seed, 0 by default), which keeps
 "<row>-<bits>b": the same run as in the grids that share the folder.
 
-Runs whose folder already holds a metrics.json made by the same config are skipped, and a run killed while it
-trained continues from its last finished epoch (to the weights an uninterrupted run reaches), so an interrupted
-grid resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
+Runs whose folder already holds a metrics.json made by the same config are skipped, a run killed while it
+trained continues from its last finished epoch (to the weights an uninterrupted run reaches), and one killed while
+it was evaluated is only evaluated, so an interrupted grid resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
 run folders that are gone.
 """
 
@@ -206,13 +206,17 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         folder = RunFolder(run_dir)
         # an earlier training's metrics must never be read as those of the weights being trained now
         folder.forget_metrics()
-        resume = (not retrain and folder.file(RunFolder.TRAIN_STATE).exists()
-                  and _as_current(folder.saved_config()) == _config_dict(cfg))
-        log(f"[{k}/{len(todo)}] {run.name}: " + ("resuming its training" if resume else "training"))
+        config = _config_dict(cfg)
+        unfinished = folder.file(RunFolder.TRAIN_STATE).exists()
+        resume = not retrain and unfinished and _as_current(folder.saved_config()) == config
+        # killed while it was evaluated: its model is this config's (the checkpoint's own config says so)
+        trained = not retrain and not unfinished and folder.has_model() and _model_config(folder) == config
+        doing = "evaluating its trained model" if trained else "resuming its training" if resume else "training"
+        log(f"[{k}/{len(todo)}] {run.name}: {doing}")
         try:
             if resume:  # killed mid-training with this config: go on from its last finished epoch, same weights
                 resume_run(run_dir, progress=progress, log=lambda m: log(f"    {m}"))
-            else:
+            elif not trained:
                 train(cfg, run_dir=run_dir, progress=progress, log=lambda m: log(f"    {m}"), force=True)
             _, result = evaluate_run(run_dir, progress=progress, plots=False)
         except Exception as err:
@@ -258,6 +262,14 @@ def _finished_result(grid: Grid, run: GridRun, config: dict, recorded: dict[str,
         return metrics
     record = recorded.get(run.name)
     return record if record is not None and _as_current(record.get("config")) == config else None
+
+
+def _model_config(folder: RunFolder) -> dict | None:
+    """The config saved inside the folder's checkpoint (None when it cannot be read)."""
+    try:
+        return _config_dict(folder.load_model().config)
+    except AttnHashError:
+        return None
 
 
 def _as_current(saved: dict | None) -> dict | None:

@@ -78,9 +78,9 @@ def run(args) -> int:
 
 def _train_in_processes(args, grid, names: list[str]) -> list[tuple[str, str]]:
     """Train the runs `names`, args.jobs at a time, each by a child `attnhash experiment --run NAME` with its
-    share of the cores as threads (a small network on a CPU uses a process's threads poorly, so two runs of one
-    thread each finish sooner than one after the other with two). Without --keep-going a failure stops the
-    launching of further runs; those running finish. Returns the failed runs with the last line each wrote."""
+    share of the cores as threads (on 2 cores two one-thread runs at a time beat one two-thread run after another
+    by 1.05-1.07x at 32 px: benchmarks/bench_grid_jobs.py). Without --keep-going a failure stops the launching of
+    further runs; those running finish. Returns the failed runs with the last line each wrote."""
     from attnhash.runs import RunFolder
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
