@@ -197,7 +197,8 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
     failures: list[tuple[str, str]] = []
     for k, run in enumerate(todo, 1):
         cfg = run_config(grid, run, extra_overrides)
-        result = None if retrain else _finished_result(grid, run, _config_dict(cfg), recorded)
+        config = _config_dict(cfg)
+        result = None if retrain else _finished_result(grid, run, config, recorded)
         if result is not None:
             log(f"[{k}/{len(todo)}] {run.name}: done before, mAP {result['mAP']:.4f}")
             continue
@@ -206,7 +207,6 @@ def run_grid(grid: Grid, extra_overrides: list[str] | None = None, progress: boo
         folder = RunFolder(run_dir)
         # an earlier training's metrics must never be read as those of the weights being trained now
         folder.forget_metrics()
-        config = _config_dict(cfg)
         unfinished = folder.file(RunFolder.TRAIN_STATE).exists()
         resume = not retrain and unfinished and _as_current(folder.saved_config()) == config
         # killed while it was evaluated: its model is this config's (the checkpoint's own config says so)
