@@ -7,8 +7,8 @@ pretrained, output stride 16, frozen through block5, as the attention study. Eac
 (its peak memory is its own) over the same fmnist training images, decoded before the clock starts: what is
 timed is the network, which is what the chunks change (a whole fill, which also decodes the images and writes
 the rows to disk, ran 54 and 320 images/s two fills in a row at 224 px on this shared machine: too noisy to
-see a 10% change). Two processes per path,
-alternating (whole, chunked, whole, chunked); the faster is kept. The outputs of the two paths are compared.
+see a 10% change). Two processes per path, alternating (whole, chunked, whole, chunked); the faster is kept.
+The outputs of the two paths are compared.
 
     python benchmarks/bench_stagecache.py [--images N] [--sizes 64 96 224]   -> benchmarks/results/stagecache.md
 """

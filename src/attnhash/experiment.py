@@ -68,6 +68,7 @@ class Grid:
     source: str
     compare: list[tuple[str, str]] = field(default_factory=list)  # (row, against) pairs for paired tests
     description: str = ""
+    base_on_disk: str | None = field(default=None, repr=False)  # the base.yaml text known to be on disk
 
 
 def _row_label(row: dict) -> str:
@@ -147,10 +148,13 @@ class GridRunsFailed(AttnHashError):
 def run_config(grid: Grid, run: GridRun, extra_overrides: list[str] | None = None) -> RunConfig:
     base_file = grid.out / "base.yaml"
     text = yaml.safe_dump(grid.base, sort_keys=False)
-    # two processes may run parts of one grid at once: the file each reads is whole, and rewritten only on change
-    if not base_file.is_file() or base_file.read_text() != text:
-        grid.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(base_file, text)
+    # two processes may run parts of one grid at once: the file each reads is whole, and rewritten only on change;
+    # looked at once per grid and base, not once per run (finished_results asks for every run's config)
+    if grid.base_on_disk != text:
+        if not base_file.is_file() or base_file.read_text() != text:
+            grid.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(base_file, text)
+        grid.base_on_disk = text
     overrides = [f"model.bits={run.bits}", f"method.ablate={json.dumps(run.ablate)}", f"name={run.name}",
                  f"out_dir={grid.runs_dir}", *run.overrides, *(extra_overrides or [])]
     return build_config(run.method, [str(base_file)], None, overrides)
