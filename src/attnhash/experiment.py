@@ -24,9 +24,9 @@ A run of seed s is named "<row>-<bits>b-s<s>", except the base's own seed (train
 "<row>-<bits>b": the same run as in the grids that share the folder.
 
 Runs whose folder already holds a metrics.json made by the same config are skipped, a run killed while it
-trained continues from its last finished epoch (to the weights an uninterrupted run reaches), and one killed while
-it was evaluated is only evaluated, so an interrupted grid resumes where it stopped. results.json keeps every finished run's metrics with its config, and stands in for
-run folders that are gone.
+trained continues from its last finished epoch (to the weights an uninterrupted run reaches), and one killed
+while it was evaluated is only evaluated, so an interrupted grid resumes where it stopped. results.json keeps
+every finished run's metrics with its config, and stands in for run folders that are gone.
 """
 
 from __future__ import annotations
