@@ -218,12 +218,15 @@ def test_real_full_disk_loses_nothing(tmp_path):
 # ---- kill -9 -------------------------------------------------------------------------------------------
 _WRITER = textwrap.dedent(
     """
-    import hashlib, json, os, sys, numpy as np
-    from attnhash.index import open_index
+    import hashlib, json, os, sys, time, numpy as np
+    from attnhash.index import fileformat, open_index
     from attnhash.index.lock import IndexLock
 
     path, journal, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(seed)
+    # A slow disk: 10 ms after each section, so a save spends a good share of the writer's time mid-write and
+    # the random kills land inside one often (on a fast disk a save is a sliver, and the check below flaked).
+    fileformat._after_section_hook = lambda section: time.sleep(0.01)
 
     def digest(index):
         ids = np.sort(index.all_ids())
