@@ -15,10 +15,17 @@ networks, measures on the 5,000 training images:
 Writes benchmarks/results/dhida_input/probe.md and prints it:
 
     python benchmarks/dhida_conv_probe.py
+
+Another grid's trained runs can be probed the same way, for example DHIDA's 96 px rows of the attention study
+(written to that grid's results folder as probe-<name>.md):
+
+    python benchmarks/dhida_conv_probe.py benchmarks/grids/attention_study.yaml \
+        --rows "dhida 96px" "dhida w/o attention 96px" --name dhida_96px
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import torch
 
 from attnhash.atomic import atomic_write_text
 from attnhash.data import prepare_data
+from attnhash.errors import AttnHashError
 from attnhash.experiment import load_grid
 from attnhash.inference import Encoder
 from attnhash.inference.stagecache import stage_outputs
@@ -96,15 +104,35 @@ def untrained(encoder: Encoder, data, frozen: int):
 
 
 def main() -> None:
-    grid = load_grid(GRID)
-    lines = ["# What DHIDA's input convolution does to the features, per code length", "",
-             "Command: `python -m attnhash experiment benchmarks/grids/dhida_input.yaml && "
-             "python benchmarks/dhida_conv_probe.py` (5,000 fmnist training images; see the script's docstring)", "",
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid", nargs="?", default=str(GRID), help="the grid whose trained runs are probed")
+    parser.add_argument("--rows", nargs="+", help="only these row labels (default: every row)")
+    parser.add_argument("--name", help="write probe-NAME.md instead of probe.md")
+    args = parser.parse_args()
+    try:
+        grid = load_grid(Path(args.grid))
+    except AttnHashError as err:
+        raise SystemExit(str(err)) from None
+    runs = [r for r in grid.runs if not args.rows or r.row in args.rows]
+    if not runs:
+        raise SystemExit(f"{args.grid}: no run has a row among {args.rows}")
+    grid_path = Path(args.grid).resolve()
+    grid_path = grid_path.relative_to(ROOT) if grid_path.is_relative_to(ROOT) else grid_path
+    command = "python benchmarks/dhida_conv_probe.py"
+    if grid_path != GRID.relative_to(ROOT):
+        command += f" {grid_path}"
+    if args.rows:
+        command += " --rows " + " ".join(f'"{r}"' for r in args.rows)
+    if args.name:
+        command += f" --name {args.name}"
+    lines = ["# What DHIDA's input convolution and attention do to the features, per code length", "",
+             f"Command: `python -m attnhash experiment {grid_path} && {command}` "
+             "(5,000 fmnist training images; see the script's docstring)", "",
              "| run | bits | code mAP@ALL | feature eff. rank | feature mAP (cosine) | mean abs z |",
              "|---|---:|---:|---:|---:|---:|"]
     seen_init = set()
     data = None
-    for run in grid.runs:
+    for run in runs:
         folder = RunFolder(grid.runs_dir / run.name)
         metrics = folder.load_metrics()
         if metrics is None or not folder.has_model():
@@ -119,13 +147,15 @@ def main() -> None:
             f0, _ = features(untrained(encoder, data, frozen), data, encoder.image_size, frozen)
             lines.append(f"| {run.row}, untrained | | | {effective_rank(f0):.1f} | {cosine_map(f0, labels):.4f} | |")
         f, z = features(encoder.model, data, encoder.image_size, frozen)
-        lines.append(f"| {run.row} | {run.bits} | {metrics['mAP']:.4f} | {effective_rank(f):.1f} | "
+        seed = f", seed {run.seed}" if run.seed is not None else ""
+        lines.append(f"| {run.row}{seed} | {run.bits} | {metrics['mAP']:.4f} | {effective_rank(f):.1f} | "
                      f"{cosine_map(f, labels):.4f} | {np.abs(z).mean():.3f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    atomic_write_text(grid.out / "probe.md", text)
+    out = grid.out / (f"probe-{args.name}.md" if args.name else "probe.md")
+    atomic_write_text(out, text)
     print(text)
-    print(json.dumps({"written": str(grid.out / "probe.md")}))
+    print(json.dumps({"written": str(out)}))
 
 
 if __name__ == "__main__":
