@@ -20,13 +20,15 @@ Another grid's trained runs can be probed the same way, for example DHIDA's 96 p
 (written to that grid's results folder as probe-<name>.md):
 
     python benchmarks/dhida_conv_probe.py benchmarks/grids/attention_study.yaml \
-        --rows "dhida 96px" "dhida w/o attention 96px" --name dhida_96px
+        --only dhida_96px --only dhida-no-attention_96px --name dhida_96px
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ import torch
 from attnhash.atomic import atomic_write_text
 from attnhash.data import prepare_data
 from attnhash.errors import AttnHashError
-from attnhash.experiment import load_grid
+from attnhash.experiment import load_grid, selected
 from attnhash.inference import Encoder
 from attnhash.inference.stagecache import stage_outputs
 from attnhash.methods import create_method
@@ -106,25 +108,21 @@ def untrained(encoder: Encoder, data, frozen: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", nargs="?", default=str(GRID), help="the grid whose trained runs are probed")
-    parser.add_argument("--rows", nargs="+", help="only these row labels (default: every row)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only the runs whose name contains this text (repeat: any of them), as in "
+                             "`attnhash experiment --only`")
     parser.add_argument("--name", help="write probe-NAME.md instead of probe.md")
     args = parser.parse_args()
     try:
         grid = load_grid(Path(args.grid))
     except AttnHashError as err:
         raise SystemExit(str(err)) from None
-    runs = [r for r in grid.runs if not args.rows or r.row in args.rows]
+    runs = selected(grid, args.only)
     if not runs:
-        raise SystemExit(f"{args.grid}: no run has a row among {args.rows}")
+        raise SystemExit(f"{args.grid}: no run's name contains any of {args.only}")
     grid_path = Path(args.grid).resolve()
     grid_path = grid_path.relative_to(ROOT) if grid_path.is_relative_to(ROOT) else grid_path
-    command = "python benchmarks/dhida_conv_probe.py"
-    if grid_path != GRID.relative_to(ROOT):
-        command += f" {grid_path}"
-    if args.rows:
-        command += " --rows " + " ".join(f'"{r}"' for r in args.rows)
-    if args.name:
-        command += f" --name {args.name}"
+    command = shlex.join(["python", "benchmarks/dhida_conv_probe.py", *sys.argv[1:]])
     lines = ["# What DHIDA's input convolution and attention do to the features, per code length", "",
              f"Command: `python -m attnhash experiment {grid_path} && {command}` "
              "(5,000 fmnist training images; see the script's docstring)", "",
