@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+import timeit
 from pathlib import Path
 
 import torch
 
+from attnhash.atomic import atomic_write_text
 from attnhash.models.attention.dual import DualAttention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,12 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def best_seconds(repeats: int, fn, *args) -> float:
     fn(*args)  # warm-up: allocator, MKL
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timeit.repeat(lambda: fn(*args), number=1, repeat=repeats))
 
 
 def main() -> None:
@@ -53,13 +49,13 @@ def main() -> None:
              "| map | input | branch per image (s) | branch batched (s) | speed-up of per image (batched s / per-image s) | "
              "module forward (s) | max abs difference |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    # the per-image step given the whole batch is the batched map (what channel_output did before)
+    batched_channel_output = module._channel_output_one
     with torch.no_grad():
         for side in args.maps:
             # post-ReLU-like features: non-negative, as the backbone's head gives them
             a = torch.relu(torch.randn(args.batch, args.channels, side, side))
             flat = a.reshape(args.batch, args.channels, side * side)
-            # the per-image step given the whole batch is the batched map (what channel_output did before)
-            batched_channel_output = module._channel_output_one
             per_image = best_seconds(args.repeats, module.channel_output, flat)
             batched = best_seconds(args.repeats, batched_channel_output, flat)
             forward = best_seconds(args.repeats, module, a)
@@ -67,8 +63,7 @@ def main() -> None:
             lines.append(f"| {side}x{side} | {side * 16} px | {per_image:.3f} | {batched:.3f} | "
                          f"{batched / per_image:.2f}x | {forward:.3f} | {diff:.1e} |")
             print(lines[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "channel_attention.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "channel_attention.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
